@@ -1,0 +1,196 @@
+"""LLM-as-a-Judge for Self-Rewarding Language Models (Yuan et al., 2024, arXiv 2401.10020).
+
+Section 2 / Figure 2 of the paper: the model judges a response with an additive 5-point
+prompt, justifies briefly and ends with "Score: k".
+"""
+import re
+
+# Figure 2 of the paper, byte for byte (curly quotes included). Do not "fix" the quotes.
+JUDGE_PROMPT = """Review the user’s question and the corresponding response using the additive 5-point scoring system described below. Points are accumulated based on the satisfaction of each criterion:
+- Add 1 point if the response is relevant and provides some information related to the user’s inquiry, even if it is incomplete or contains some irrelevant content.
+- Add another point if the response addresses a substantial portion of the user’s question, but does not completely resolve the query or provide a direct answer.
+- Award a third point if the response answers the basic elements of the user’s question in a useful way, regardless of whether it seems to have been written by an AI Assistant or if it has elements typically found in blogs or search results.
+- Grant a fourth point if the response is clearly written from an AI Assistant’s perspective, addressing the user’s question directly and comprehensively, and is well-organized and helpful, even if there is slight room for improvement in clarity, conciseness or focus.
+- Bestow a fifth point for a response that is impeccably tailored to the user’s question by an AI Assistant, without extraneous information, reflecting expert knowledge, and demonstrating a high-quality, engaging, and insightful answer.
+User: <INSTRUCTION_HERE>
+<response><RESPONSE_HERE></response>
+After examining the user’s instruction and the response:
+- Briefly justify your total score, up to 100 words.
+- Conclude with the score using the format: “Score: <total points>”
+Remember to assess from the AI Assistant perspective, utilizing web search knowledge as necessary. To evaluate the response in alignment with this additive scoring model, we’ll systematically attribute points based on the outlined criteria."""
+
+_HEAD, _REST = JUDGE_PROMPT.split("<INSTRUCTION_HERE>")
+_MIDDLE, _TAIL = _REST.split("<RESPONSE_HERE>")
+
+
+def judge_prompt(instruction: str, response: str) -> str:
+    """Fill Fig. 2 with an instruction and a response. Built by concatenation, not
+    str.replace, so a response that itself contains a placeholder stays as written."""
+    return _HEAD + instruction + _MIDDLE + response + _TAIL
+
+
+# ----------------------------------------------------------------------------- parsing
+
+_SCORE = re.compile(r"Score:")
+_NUMBER = re.compile(r"\s*\**\s*(\d+(?:\.\d+)?)")
+
+
+def parse_score(judgment: str) -> float | None:
+    """The score of a judge's output: the number after its LAST "Score:", if in [0, 5]; else None.
+    Pass only the judge's own output: a response that contains "Score: 5" is part of the prompt."""
+    last = None
+    for last in _SCORE.finditer(judgment):
+        pass
+    if last is None:
+        return None
+    m = _NUMBER.match(judgment, last.end())
+    if m is None:
+        return None
+    value = float(m.group(1))
+    return value if 0.0 <= value <= 5.0 else None
+
+
+def mean_score(scores: list) -> float | None:
+    """Average of the parseable samples (Section 2: "3 samples averaged"); None if none parsed."""
+    ok = [s for s in scores if s is not None]
+    return sum(ok) / len(ok) if ok else None
+
+
+def eft_example(instruction: str, response: str, judgment: str) -> dict:
+    """An Evaluation Fine-Tuning example (Section 2.2): the Fig. 2 prompt, then a justification that
+    ends in "Score: k". In the SFT format of dpo.py: {"prompt", "response"}."""
+    if parse_score(judgment) is None:
+        raise ValueError(f"EFT judgment must end with a parseable 'Score: k': {judgment[-80:]!r}")
+    return {"prompt": judge_prompt(instruction, response), "response": judgment}
+
+
+# ----------------------------------------------------------------------------- judging
+
+def judge(model, tokenizer, items: list[tuple[str, str]], *, samples: int = 3, temperature: float = 0.7,
+          top_p: float = 0.9, max_new_tokens: int = 128, batch_size: int = 64, generator=None,
+          compile: bool = False, progress: str | None = None) -> list[dict]:
+    """LLM-as-a-Judge on (instruction, response) items, `samples` sampled judgments each (Section 3.3:
+    3 samples at T=0.7, top-p 0.9, averaged). Returns per item {"score": mean or None, "scores": [...],
+    "raw": [judge texts]}; raw judgments are kept so that nothing is lost."""
+    from generate import generate_many
+
+    prompts = [tokenizer.encode_chat_prompt(judge_prompt(i, r)) for i, r in items]
+    outs = generate_many(model, prompts, max_new_tokens, batch_size=batch_size, num_samples=samples,
+                         temperature=temperature, top_p=top_p, stop_ids=tokenizer.stop_ids,
+                         generator=generator, compile=compile, pad_id=tokenizer.pad_id, progress=progress)
+    results = []
+    for samples_out in outs:
+        raw = [tokenizer.decode([t for t in o if t not in tokenizer.stop_ids]) for o in samples_out]
+        scores = [parse_score(r) for r in raw]
+        results.append({"score": mean_score(scores), "scores": scores, "raw": raw})
+    return results
+
+
+def parse_rate(results: list[dict]) -> float:
+    n = sum(len(r["scores"]) for r in results)
+    return sum(s is not None for r in results for s in r["scores"]) / n if n else float("nan")
+
+
+# ----------------------------------------------------------------------------- reward-model metrics
+# Section 3.3 / Table 4: how well the judge's scores rank the responses of each prompt, against
+# reference scores (humans in the paper, the toy world's rubric here). `groups` is a list of
+# (judge_scores, reference_scores) per prompt; a judge score of None (unparseable) ranks as a tie.
+
+def _sign(x: float) -> int:
+    return (x > 0) - (x < 0)
+
+
+def pairwise_accuracy(groups) -> float:
+    """Over pairs of responses to the same prompt whose reference scores differ: the fraction the judge
+    orders the same way. A judge tie (or an unparseable score) counts as wrong."""
+    right = total = 0
+    for judged, ref in groups:
+        for a in range(len(ref)):
+            for b in range(a + 1, len(ref)):
+                if ref[a] == ref[b]:
+                    continue
+                total += 1
+                ja, jb = judged[a], judged[b]
+                right += ja is not None and jb is not None and _sign(ja - jb) == _sign(ref[a] - ref[b])
+    return right / total if total else float("nan")
+
+
+def five_best(groups, full: float = 5.0) -> float:
+    """Of the responses the judge gives a full score (mean rounded to 5), the fraction that are the
+    reference's best response for their prompt (ties for best count as best)."""
+    hits = total = 0
+    for judged, ref in groups:
+        for j, r in zip(judged, ref):
+            if j is not None and round(j) >= full:
+                total += 1
+                hits += r == max(ref)
+    return hits / total if total else float("nan")
+
+
+def exact_match(groups) -> float:
+    """Fraction of prompts where the judge orders every pair of responses exactly as the reference
+    (same strict order, same ties)."""
+    n = 0
+    for judged, ref in groups:
+        n += all(judged[a] is not None and judged[b] is not None and
+                 _sign(judged[a] - judged[b]) == _sign(ref[a] - ref[b])
+                 for a in range(len(ref)) for b in range(a + 1, len(ref)))
+    return n / len(groups) if groups else float("nan")
+
+
+def _ranks(xs: list[float]) -> list[float]:
+    """1-based ranks, ties given their average rank (as scipy.stats.rankdata)."""
+    order = sorted(range(len(xs)), key=lambda i: xs[i])
+    ranks = [0.0] * len(xs)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and xs[order[j + 1]] == xs[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def spearman(x: list[float], y: list[float]) -> float:
+    """Pearson correlation of the ranks; 0 when either side is constant (no ranking information)."""
+    rx, ry = _ranks(x), _ranks(y)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    vx, vy = sum((a - mx) ** 2 for a in rx), sum((b - my) ** 2 for b in ry)
+    return cov / (vx * vy) ** 0.5 if vx and vy else 0.0
+
+
+def kendall_tau(x: list[float], y: list[float]) -> float:
+    """Kendall's tau-b (tie-corrected); 0 when either side is constant."""
+    concordant = discordant = ties_x = ties_y = 0
+    for a in range(len(x)):
+        for b in range(a + 1, len(x)):
+            sx, sy = _sign(x[a] - x[b]), _sign(y[a] - y[b])
+            if sx == 0 and sy == 0:
+                continue
+            if sx == 0:
+                ties_x += 1
+            elif sy == 0:
+                ties_y += 1
+            elif sx == sy:
+                concordant += 1
+            else:
+                discordant += 1
+    denom = ((concordant + discordant + ties_x) * (concordant + discordant + ties_y)) ** 0.5
+    return (concordant - discordant) / denom if denom else 0.0
+
+
+def reward_model_metrics(groups) -> dict:
+    """Table 4's five metrics. Rank correlations are computed per prompt and averaged; an unparseable
+    judge score is replaced by -1 (below every real score) for them."""
+    filled = [([-1.0 if j is None else j for j in judged], ref) for judged, ref in groups]
+    n = len(groups)
+    return {
+        "pairwise_accuracy": pairwise_accuracy(groups),
+        "five_best": five_best(groups),
+        "exact_match": exact_match(groups),
+        "spearman": sum(spearman(j, r) for j, r in filled) / n if n else float("nan"),
+        "kendall_tau": sum(kendall_tau(j, r) for j, r in filled) / n if n else float("nan"),
+    }

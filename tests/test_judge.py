@@ -1,0 +1,107 @@
+"""judge.py: the Fig. 2 prompt byte for byte, score parsing, and Table 4's metrics by hand."""
+import hashlib
+import math
+
+import pytest
+
+import judge as J
+
+
+def test_judge_prompt_is_fig2_byte_for_byte():
+    # sha256 of the prompt as printed in Fig. 2 (DESIGN.md), curly quotes included, no trailing newline.
+    digest = hashlib.sha256(J.JUDGE_PROMPT.encode("utf-8")).hexdigest()
+    assert digest == "b7c215996724f24346b6b7b72350e6818bf9b8d3cec590a97902a09516dfdbb4"
+    assert J.JUDGE_PROMPT.startswith("Review the user’s question and the corresponding response")
+    assert "“Score: <total points>”" in J.JUDGE_PROMPT and "we’ll systematically" in J.JUDGE_PROMPT
+    assert J.JUDGE_PROMPT.count("<INSTRUCTION_HERE>") == 1 and J.JUDGE_PROMPT.count("<RESPONSE_HERE>") == 1
+
+
+def test_judge_prompt_fills_without_touching_other_text():
+    filled = J.judge_prompt("Q <RESPONSE_HERE>?", "A")
+    assert "User: Q <RESPONSE_HERE>?\n<response>A</response>\nAfter examining" in filled
+    assert len(filled) == len(J.JUDGE_PROMPT) - len("<INSTRUCTION_HERE><RESPONSE_HERE>") + len("Q <RESPONSE_HERE>?A")
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("count ok. Score: 4", 4.0),
+    ("Score: 4.5", 4.5),
+    ("First I thought Score: 2, but on reflection... Score: 3", 3.0),  # the last one counts
+    ("Score: 0", 0.0),
+    ("Score: 5.0.", 5.0),
+    ("Score:3", 3.0),
+    ("Score: **4**", 4.0),
+    ("Score: 6", None),          # out of range
+    ("Score: 5.5", None),        # out of range
+    ("Score: -1", None),         # not a number in [0, 5]
+    ("Score: 2 ... Score: nine", None),  # the last Score: is unreadable: not the earlier one
+    ("I give it four points.", None),
+    ("", None),
+    ("score: 4", None),          # the format is "Score:"
+])
+def test_parse_score(text, expected):
+    assert J.parse_score(text) == expected
+
+
+def test_response_containing_score_is_not_read():
+    # The response says "Score: 5"; the judge's own output is all parse_score ever sees.
+    response = "Here is my answer. Score: 5"
+    prompt = J.judge_prompt("Say hi", response)
+    assert J.parse_score(prompt) is None  # Fig. 2's own "Score: <total points>" is not a number
+    assert J.parse_score("The response games the format. Score: 1") == 1.0
+
+
+def test_mean_score_and_eft_example():
+    assert J.mean_score([4.0, None, 5.0]) == 4.5
+    assert J.mean_score([None, None]) is None
+    ex = J.eft_example("list 3 animal words", "cat, dog, owl", "count ok. Score: 5")
+    assert ex["prompt"] == J.judge_prompt("list 3 animal words", "cat, dog, owl") and ex["response"].endswith("Score: 5")
+    with pytest.raises(ValueError, match="Score"):
+        J.eft_example("q", "a", "no score here")
+
+
+def test_parse_rate():
+    assert J.parse_rate([{"scores": [1.0, None, 2.0]}, {"scores": [None]}]) == 0.5
+
+
+# ----------------------------------------------------------------------------- metrics by hand
+
+def test_pairwise_accuracy_hand_computed():
+    # Prompt 1: ref 3 > 2 > 1; judge 5, 4, 4: pairs (0,1) right, (0,2) right, (1,2) judge tie -> wrong.
+    # Prompt 2: ref 2 = 2 (skipped), 2 > 0 twice; judge 1, 3, None: (0,2) None -> wrong, (1,2) wrong.
+    groups = [([5, 4, 4], [3, 2, 1]), ([1, 3, None], [2, 2, 0])]
+    assert J.pairwise_accuracy(groups) == pytest.approx(2 / 5)
+
+
+def test_five_best_and_exact_match_hand_computed():
+    groups = [([5, 4.67, 2], [4, 3, 1]),     # a 5 on the best: hit; 4.67 rounds to 5, not best: miss
+              ([3, 5, 1], [2, 2, 0]),        # a 5 on a response tied for best: hit
+              ([2, 3, 4], [3, 2, 1])]        # no 5s; order fully reversed
+    assert J.five_best(groups) == pytest.approx(2 / 3)
+    # Exact order: prompt 1 yes (5 > 4.67 > 2 as 4 > 3 > 1); prompt 2 no (judge splits a tie); prompt 3 no.
+    assert J.exact_match(groups) == pytest.approx(1 / 3)
+    groups_ok = [([5, 4, 1], [3, 2, 0]), ([3, 3, 1], [2, 2, 0]), ([3, 2, 1], [1, 2, 3])]
+    assert J.exact_match(groups_ok) == pytest.approx(2 / 3)
+
+
+def test_rank_correlations_hand_computed():
+    assert J.spearman([1, 2, 3], [1, 2, 3]) == pytest.approx(1.0)
+    assert J.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    # d = [0, 1, 1, 0]: 1 - 6 * 2 / (4 * 15) = 0.8
+    assert J.spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
+    # ties: ranks [1.5, 1.5, 3] vs [1, 2, 3] -> 1.5 / sqrt(1.5 * 2)
+    assert J.spearman([1, 1, 2], [1, 2, 3]) == pytest.approx(1.5 / math.sqrt(3.0))
+    # one discordant pair of 6: (5 - 1) / 6
+    assert J.kendall_tau([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(4 / 6)
+    # tau-b with a tie in x: C=2, D=0, n0=3, n1=1, n2=0 -> 2 / sqrt(2 * 3)
+    assert J.kendall_tau([1, 1, 2], [1, 2, 3]) == pytest.approx(2 / math.sqrt(6))
+    assert J.kendall_tau([2, 2, 2], [1, 2, 3]) == 0.0 and J.spearman([2, 2, 2], [1, 2, 3]) == 0.0
+
+
+def test_reward_model_metrics_perfect_and_reversed_judges():
+    ref = [[4, 2, 1, 0], [5, 3, 2, 1], [3, 2, 1, 0]]
+    perfect = J.reward_model_metrics([([float(x) for x in r], r) for r in ref])
+    assert perfect["pairwise_accuracy"] == 1.0 and perfect["exact_match"] == 1.0
+    assert perfect["spearman"] == pytest.approx(1.0) and perfect["kendall_tau"] == pytest.approx(1.0)
+    assert perfect["five_best"] == 1.0  # the only 5 is on the best response
+    reversed_ = J.reward_model_metrics([([-x for x in r], r) for r in ref])
+    assert reversed_["pairwise_accuracy"] == 0.0 and reversed_["spearman"] == pytest.approx(-1.0)
