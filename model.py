@@ -201,15 +201,20 @@ class Attention(nn.Module):
         self.wo = nn.Linear(args.n_heads * self.head_dim, args.dim, bias=False)
         self.cache: KVCache | None = None
 
-    def forward(self, x, cos, sin, mask, start):
+    def forward(self, x, cos, sin, mask, start, past=None):
+        """-> (output, (k, v) of these tokens). past: keys/values of a shared prefix (1 or B rows)."""
         B, T, _ = x.shape
         q = self.wq(x).view(B, T, self.n_heads, self.head_dim)
         k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim)
         v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, nh or nkv, T, hd)
+        new_kv = (k, v)
         if self.cache is not None:
             k, v = self.cache.update(start, k, v)  # (B, nkv, S, hd), S = cache length
+        elif past is not None:  # (1 or B, nkv, L, hd) + (B, nkv, T, hd) -> (B, nkv, L + T, hd)
+            k = torch.cat([past[0].expand(B, -1, -1, -1), k], dim=2)
+            v = torch.cat([past[1].expand(B, -1, -1, -1), v], dim=2)
         kind, m = mask
         if kind == "flex":
             y = _compiled_flex(q, k, v, block_mask=m, enable_gqa=self.n_heads != self.n_kv_heads)
@@ -218,7 +223,7 @@ class Attention(nn.Module):
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=m, enable_gqa=self.n_heads != self.n_kv_heads)
         y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, dim)
-        return self.wo(y)
+        return self.wo(y), new_kv
 
 
 class FeedForward(nn.Module):
@@ -241,9 +246,10 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
         self.dropout = nn.Dropout(args.dropout)
 
-    def forward(self, x, cos, sin, mask, start):
-        x = x + self.dropout(self.attention(self.attention_norm(x), cos, sin, mask, start))
-        return x + self.dropout(self.feed_forward(self.ffn_norm(x)))
+    def forward(self, x, cos, sin, mask, start, past=None):
+        a, kv = self.attention(self.attention_norm(x), cos, sin, mask, start, past)
+        x = x + self.dropout(a)
+        return x + self.dropout(self.feed_forward(self.ffn_norm(x))), kv
 
 
 class Transformer(nn.Module):
@@ -279,6 +285,8 @@ class Transformer(nn.Module):
         # model.to(bfloat16) would round the RoPE tables too; rebuild them in fp32 instead (as Meta
         # keeps freqs_cis in complex64).
         super()._apply(fn, *args, **kwargs)
+        if self.args.tie_embeddings and self.output.weight is not self.tok_embeddings.weight:
+            self.output.weight = self.tok_embeddings.weight  # to_empty() makes new Parameters: tie again
         self.init_rope()
         return self
 
@@ -322,26 +330,36 @@ class Transformer(nn.Module):
             return "sdpa", None  # plain causal
         return "sdpa", dense_mask(q_start, q_len, kv_len, seq_ids, device)
 
-    def forward(self, tokens, *, start=0, positions=None, seq_ids=None, last_only: bool = False):
+    def forward(self, tokens, *, start=0, positions=None, seq_ids=None, last_only: bool = False,
+                prefix_kv=None, return_kv: bool = False):
         """tokens (B, T) -> logits (B, T, vocab), or (B, 1, vocab) with last_only.
 
         start: the cache slot of tokens[:, 0] (an int, or a 0-dim tensor in the compiled decode).
         positions: (B, T) RoPE positions; default start + arange(T). Left-padded rows pass their own.
         seq_ids: (B, S) per key slot (S = T, or the cache length): -1 = padding, and tokens only
-            see earlier tokens with the same id (packed documents). None = plain causal."""
+            see earlier tokens with the same id (packed documents). None = plain causal.
+        prefix_kv / return_kv: shared-prefix training. `logits, kv = model(prefix[None], return_kv=True)`
+            runs a prefix that every row shares once; `model(rest, start=L, prefix_kv=kv)` then runs
+            each row's own tokens against it. Gradients flow into both (the prefix's summed over rows),
+            so this equals the full forward of the concatenation, at a fraction of the cost."""
         B, T = tokens.shape
         cache = self.layers[0].attention.cache
         kv_len = cache.k.shape[2] if cache is not None else T
+        if prefix_kv is not None:
+            kv_len = prefix_kv[0][0].shape[2] + T
         if positions is None:
             positions = (start + torch.arange(T, device=tokens.device))[None]  # (1, T)
         cos, sin = self.rope_cos[positions], self.rope_sin[positions]  # (B or 1, T, hd/2)
         mask = self._mask(start, T, kv_len, seq_ids, tokens.device)
         h = self.tok_embeddings(tokens)  # (B, T, dim)
-        for layer in self.layers:
-            h = layer(h, cos, sin, mask, start)
+        kvs = []
+        for i, layer in enumerate(self.layers):
+            h, kv = layer(h, cos, sin, mask, start, None if prefix_kv is None else prefix_kv[i])
+            kvs.append(kv)
         if last_only:
             h = h[:, -1:]
-        return self.output(self.norm(h))
+        logits = self.output(self.norm(h))
+        return (logits, kvs) if return_kv else logits
 
 
 # ----------------------------------------------------------------------------- checkpoints

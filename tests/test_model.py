@@ -264,3 +264,30 @@ def test_gguf_smollm2_loads_with_published_shapes():
     assert (a.dim, a.n_layers, a.n_heads, a.n_kv_heads, a.vocab_size, a.hidden_dim) == (576, 30, 9, 3, 49152, 1536)
     assert a.tie_embeddings and a.rope_theta == 100000.0
     assert m.num_params() == 134_515_008
+
+
+def test_shared_prefix_forward_equals_full_forward_with_gradients():
+    torch.manual_seed(0)
+    m = tiny().train()
+    m.layers[0].dropout.p = 0.0
+    L, B, T = 9, 3, 6
+    prefix = torch.randint(0, 512, (1, L))
+    rest = torch.randint(0, 512, (B, T))
+    full = m(torch.cat([prefix.expand(B, -1), rest], 1))[:, L:]
+    full.square().mean().backward()
+    ref_grads = {n: p.grad.clone() for n, p in m.named_parameters()}
+    m.zero_grad()
+    _, kv = m(prefix, return_kv=True)
+    split = m(rest, start=L, prefix_kv=kv)
+    assert torch.allclose(split, full, atol=1e-5)
+    split.square().mean().backward()
+    for n, p in m.named_parameters():
+        assert torch.allclose(p.grad, ref_grads[n], atol=1e-5), n
+
+
+def test_meta_init_keeps_tied_embeddings():
+    m, _ = M.load_model("toy")  # meta device -> to_empty -> init_weights
+    assert m.output.weight is m.tok_embeddings.weight
+    with torch.device("meta"):
+        ref = M.Transformer(M.preset("toy"))
+    assert m.num_params() == ref.num_params()
