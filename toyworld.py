@@ -295,8 +295,24 @@ def tokenizer_corpus(seed: int = 0) -> str:
     return "\n".join(parts)
 
 
+TOY_VOCAB = 1280  # BPE ranks; the corpus supports at most ~1293 before every word is one token
+TOKENIZER_PATH = "assets/toy.tiktoken"
+
+
+def train_tokenizer(path: str = TOKENIZER_PATH, vocab_size: int = TOY_VOCAB, seed: int = 0) -> None:
+    """Train the toy byte-level BPE on tokenizer_corpus(seed) and save it in tiktoken's format.
+    The committed assets/toy.tiktoken is this function's output (a test checks it)."""
+    from tokenizer import save_tiktoken_bpe, train_bpe
+    save_tiktoken_bpe(train_bpe(tokenizer_corpus(seed), vocab_size), path)
+
+
 if __name__ == "__main__":
+    import sys
     import time
+    if sys.argv[1:2] == ["--write-tokenizer"]:
+        train_tokenizer()
+        print(f"wrote {TOKENIZER_PATH}")
+        sys.exit()
     rng = random.Random(0)
     print("== instructions (train, then held-out)")
     for split in ("train", "train", "train", "heldout", "heldout"):
