@@ -1,0 +1,335 @@
+"""Tests for dpo.py: the math against hand-computed values or slow loops, the data path, reference
+log-probs, and the training loop (accumulation, resume, checkpoints, NaN stop)."""
+import copy
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import dpo
+from model import Transformer, load_model, preset
+
+
+class ByteTok:
+    """A byte-level stand-in with the Tokenizer methods dpo.py uses, so these tests do not depend on
+    tokenizer.py. ids 0..255 are bytes; 256 pad, 257 bos, 258 eos, 259 end-of-turn."""
+    pad_id, bos_id, eos_id, eot_id, n_words = 256, 257, 258, 259, 260
+    stop_ids = {258, 259}
+
+    def encode(self, text, bos=False, eos=False):
+        return [257] * bos + list(text.encode()) + [258] * eos
+
+    def decode(self, ids):
+        return bytes(i for i in ids if i < 256).decode(errors="replace")
+
+    def encode_chat_prompt(self, user):
+        return [257] + list(f"U:{user}\nA:".encode())
+
+    def encode_chat_response(self, response):
+        return list(response.encode()) + [259]
+
+    def save(self, directory):
+        with open(os.path.join(directory, "bytetok.txt"), "w") as f:
+            f.write("byte-level stand-in\n")
+
+
+def tiny_model(seed=0, **kw):
+    torch.manual_seed(seed)
+    m = Transformer(preset("toy-test", **kw))
+    m.init_weights(seed=seed)
+    return m
+
+
+def sft_data(n=8, seed=0):
+    import random
+    rng = random.Random(seed)
+    return [{"prompt": f"q{i} " + "x" * rng.randrange(1, 6), "response": f"a{i}" + "y" * rng.randrange(0, 9)}
+            for i in range(n)]
+
+
+def dpo_data(n=8, seed=0):
+    return [{"prompt": f"say {i}", "chosen": f"good {i}" + "!" * (i % 3), "rejected": f"bad{i % 4}"}
+            for i in range(n)]
+
+
+# ----------------------------------------------------------------------------- math
+
+def test_sequence_logps_matches_python_loop():
+    torch.manual_seed(0)
+    B, T, V = 3, 7, 5
+    logits, labels = torch.randn(B, T, V), torch.randint(0, V, (B, T))
+    mask = torch.zeros(B, T, dtype=torch.bool)
+    mask[0, 2:6], mask[1, 1:7], mask[2, 4:5] = True, True, True  # prompt before, padding after
+    total, average = dpo.sequence_logps(logits, labels, mask), dpo.sequence_logps(logits, labels, mask, average=True)
+    for b in range(B):
+        s, n = 0.0, 0
+        for t in range(1, T):
+            if mask[b, t]:
+                row = [float(x) for x in logits[b, t - 1]]
+                s += row[labels[b, t]] - math.log(sum(math.exp(x) for x in row))
+                n += 1
+        assert total[b].item() == pytest.approx(s, abs=1e-5)
+        assert average[b].item() == pytest.approx(s / n, abs=1e-5)
+
+
+def test_prompt_and_padding_logits_change_nothing():
+    torch.manual_seed(1)
+    logits, labels = torch.randn(2, 8, 6), torch.randint(0, 6, (2, 8))
+    mask = torch.zeros(2, 8, dtype=torch.bool)
+    mask[:, 3:6] = True  # positions 2..5 predict scored tokens; 0,1 (prompt) and 6,7 (padding) do not
+    other = logits.clone()
+    other[:, [0, 1, 6, 7]] = 100 * torch.randn(2, 4, 6)
+    assert torch.equal(dpo.sequence_logps(logits, labels, mask), dpo.sequence_logps(other, labels, mask))
+    # ... and through DPO: pairs = rows (0 chosen, 1 rejected)
+    lp, lo = dpo.sequence_logps(logits, labels, mask), dpo.sequence_logps(other, labels, mask)
+    zero = torch.zeros(1)
+    assert dpo.dpo_loss(lp[:1], lp[1:], zero, zero)[0] == dpo.dpo_loss(lo[:1], lo[1:], zero, zero)[0]
+
+
+def _sig(x):
+    return 1 / (1 + math.exp(-x))
+
+
+PI_C, PI_R, REF_C, REF_R = [-1.0, -2.0], [-3.0, -1.0], [-2.0, -2.0], [-2.0, -2.0]  # h = [2, -1]
+
+
+def _pairs():
+    return tuple(torch.tensor(x) for x in (PI_C, PI_R, REF_C, REF_R))
+
+
+def test_dpo_loss_hand_values():
+    loss, m = dpo.dpo_loss(*_pairs(), beta=0.5)
+    # h = (pi_c - pi_r) - (ref_c - ref_r) = [2, -1]; loss = mean(-log sigmoid(0.5 h))
+    assert loss.item() == pytest.approx((-math.log(_sig(1.0)) - math.log(_sig(-0.5))) / 2, abs=1e-6)
+    assert m["chosen_reward"].item() == pytest.approx((0.5 * 1 + 0.5 * 0) / 2)  # 0.5*(pi_c - ref_c)
+    assert m["rejected_reward"].item() == pytest.approx((0.5 * -1 + 0.5 * 1) / 2)
+    assert m["reward_accuracy"].item() == 0.5
+    assert m["margin"].item() == pytest.approx((1.0 + -0.5) / 2)
+
+
+def test_dpo_loss_label_smoothing_ipo_rpo():
+    ls, _ = dpo.dpo_loss(*_pairs(), beta=0.5, label_smoothing=0.1)
+    want = sum(-0.9 * math.log(_sig(0.5 * h)) - 0.1 * math.log(_sig(-0.5 * h)) for h in (2, -1)) / 2
+    assert ls.item() == pytest.approx(want, abs=1e-6)
+    ipo, _ = dpo.dpo_loss(*_pairs(), beta=0.5, ipo=True)
+    assert ipo.item() == pytest.approx(((2 - 1) ** 2 + (-1 - 1) ** 2) / 2)  # (h - 1/(2 beta))^2
+    base, _ = dpo.dpo_loss(*_pairs(), beta=0.5)
+    rpo, _ = dpo.dpo_loss(*_pairs(), beta=0.5, nll=torch.tensor([0.5, 1.5]), rpo_alpha=2.0)
+    assert rpo.item() == pytest.approx(base.item() + 2.0 * 1.0, abs=1e-6)
+    with pytest.raises(ValueError, match="nll"):
+        dpo.dpo_loss(*_pairs(), rpo_alpha=1.0)
+
+
+def test_rpo_nll_is_per_chosen_token():
+    cfg = dpo.TrainConfig(mode="dpo", beta=0.5, rpo_alpha=1.0)
+    pc, pr, rc, rr = _pairs()
+    nc = torch.tensor([4.0, 2.0])
+    loss, _ = dpo._dpo_terms(pc, pr, rc, rr, nc, nc, cfg)
+    base, _ = dpo.dpo_loss(pc, pr, rc, rr, beta=0.5)
+    assert loss.item() == pytest.approx(base.item() + (1 / 4 + 2 / 2) / 2, abs=1e-6)
+
+
+def test_sft_loss_hand_values():
+    logits = torch.zeros(2, 5, 4)  # uniform over 4 words: every token costs log 4
+    labels = torch.randint(0, 4, (2, 5))
+    mask = torch.tensor([[0, 1, 1, 0, 0], [0, 0, 1, 1, 1]], dtype=torch.bool)
+    assert dpo.sft_loss(logits, labels, mask).item() == pytest.approx(math.log(4))
+    assert dpo.sft_loss(logits, labels, mask, n_tokens=10).item() == pytest.approx(5 * math.log(4) / 10)
+
+
+def test_lr_schedules():
+    assert dpo.lr_at(0, 5, 1.0, 0.1) == pytest.approx(1.0)
+    assert dpo.lr_at(1, 5, 1.0, 0.1) == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi / 4)))
+    assert dpo.lr_at(4, 5, 1.0, 0.1) == pytest.approx(0.1)
+    assert dpo.lr_at(1, 5, 1.0, 0.1, schedule="linear") == pytest.approx(1 - 0.9 * 0.25)
+    assert dpo.lr_at(3, 5, 1.0, 0.1, schedule="constant") == 1.0
+    assert [dpo.lr_at(s, 6, 1.0, 0.0, warmup=2, schedule="linear") for s in range(6)] == \
+        pytest.approx([0.5, 1.0, 1.0, 2 / 3, 1 / 3, 0.0])
+
+
+# ----------------------------------------------------------------------------- data
+
+def test_load_jsonl_errors_name_file_line_field(tmp_path):
+    p = tmp_path / "pairs.jsonl"
+    good = json.dumps({"prompt": "a", "chosen": "b", "rejected": "c"})
+    cases = {"{not json": "invalid JSON",
+             json.dumps({"prompt": "a", "chosen": "b"}): "missing field 'rejected'",
+             json.dumps({"prompt": 3, "chosen": "b", "rejected": "c"}): "field 'prompt' must be a string",
+             json.dumps({"prompt": "a", "chosen": "b", "rejected": "c", "ref_chosen": -1.0}): "'ref_rejected'"}
+    for bad, msg in cases.items():
+        p.write_text(good + "\n\n" + bad + "\n")
+        with pytest.raises(ValueError) as e:
+            dpo.load_jsonl(str(p), "dpo")
+        assert f"{p}:3:" in str(e.value) and msg in str(e.value)
+    p.write_text(good + "\n")
+    assert dpo.load_jsonl(str(p), "dpo") == [json.loads(good)]
+
+
+def test_tokenize_chat_format_mask_and_truncation(capsys):
+    tok = ByteTok()
+    ex = dpo.tokenize([{"prompt": "hi", "response": "yo"}], tok, "sft", max_len=64)[0]
+    assert ex["prompt_ids"] == tok.encode_chat_prompt("hi") and ex["response_ids"] == [ord("y"), ord("o"), 259]
+    b = dpo.collate([ex], "sft")
+    n_p = len(ex["prompt_ids"])
+    assert b.loss_mask[0].tolist() == [False] * n_p + [True] * 3
+    # 60-token prompt + 20-token response into 40: the prompt keeps its last 20 tokens (max_len // 2)
+    long = {"prompt": "p" * 50 + "END", "response": "r" * 19}
+    cut = dpo.tokenize([long, {"prompt": "ok", "response": "ok"}], tok, "sft", max_len=40)
+    assert len(cut[0]["prompt_ids"]) == 20 and tok.decode(cut[0]["prompt_ids"]).endswith("END\nA:")
+    assert cut[0]["response_ids"] == tok.encode_chat_response("r" * 19)  # fits: 20 + 20
+    assert "1/2 sft examples truncated" in capsys.readouterr().out
+    p, (c, r), was_cut = dpo.truncate(list(range(10)), [list(range(30)), [1]], max_len=20)
+    assert was_cut and p == list(range(10)) and c == list(range(10)) and r == [1]  # prompt keeps max_len // 2
+    p, (c,), was_cut = dpo.truncate(list(range(30)), [list(range(5))], max_len=20)
+    assert was_cut and p == list(range(15, 30)) and c == list(range(5))  # prompt cut first, its end kept
+
+
+def test_pack_documents_and_masks():
+    rows = dpo.pack_documents([[1, 2, 3], [4, 5], [6, 7, 8, 9]], 4)
+    assert [r["ids"] for r in rows] == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 0, 0, 0]]
+    assert [r["seq_ids"] for r in rows] == [[0, 0, 0, 1], [0, 1, 1, 1], [0, -1, -1, -1]]
+    mask = dpo.collate(rows, "pretrain").loss_mask.tolist()
+    assert mask == [[False, True, True, False], [False, False, True, True], [False] * 4]
+
+
+def test_packed_documents_do_not_attend_across():
+    m = tiny_model().eval()
+    a, b = [5, 6, 7, 8, 9], [10, 11, 12]
+    row = dpo.collate(dpo.pack_documents([a, b], 8), "pretrain")
+    packed = m(row.tokens, seq_ids=row.seq_ids)[0, 5:]
+    alone = m(torch.tensor([b]))[0]
+    torch.testing.assert_close(packed, alone, atol=1e-5, rtol=1e-5)  # RoPE is relative: offset is harmless
+
+
+def test_batch_indices_cover_each_epoch():
+    idx = [i for s in range(5) for i in dpo.batch_indices(10, 4, s, seed=3)]  # 20 = two epochs
+    assert sorted(idx[:10]) == list(range(10)) and sorted(idx[10:]) == list(range(10))
+    assert idx[:10] != idx[10:]
+
+
+# ----------------------------------------------------------------------------- model-level
+
+def test_dpo_sgd_step_raises_chosen_over_rejected():
+    tok, m = ByteTok(), tiny_model(seed=2)
+    b = dpo.collate(dpo.tokenize(dpo_data(2), tok, "dpo", 64), "dpo")  # rows: 2 chosen, then 2 rejected
+
+    def logps():
+        lp = dpo.sequence_logps(m(b.tokens), b.tokens, b.loss_mask)
+        return lp[:2], lp[2:]
+
+    chosen, rejected = logps()
+    before = (chosen - rejected).detach()
+    loss, _ = dpo.dpo_loss(chosen, rejected, torch.zeros(2), torch.zeros(2))
+    loss.backward()
+    with torch.no_grad():
+        for p in m.parameters():
+            p -= 0.5 * p.grad  # one plain SGD step
+    chosen, rejected = logps()
+    assert (chosen - rejected > before).all()
+
+
+def test_precomputed_reference_equals_frozen_copy():
+    tok, m = ByteTok(), tiny_model(seed=3)
+    frozen = copy.deepcopy(m).eval()
+    pairs = dpo.compute_reference_logps(m, dpo_data(5), tok, micro_batch_size=2)
+    for p in pairs:
+        for name in ("chosen", "rejected"):
+            b = dpo.collate([{"prompt_ids": p["prompt_ids"], "response_ids": p[f"{name}_ids"]}], "sft")
+            with torch.no_grad():
+                want = dpo.sequence_logps(frozen(b.tokens), b.tokens, b.loss_mask).item()
+            assert p[f"ref_{name}"] == pytest.approx(want, abs=1e-5)
+
+
+def test_dpo_precomputed_matches_reference_in_memory():
+    tok = ByteTok()
+    cfg = dpo.TrainConfig(mode="dpo", steps=4, batch_size=4, micro_batch_size=2, lr=1e-2, dropout=0.1, log_every=100)
+    m1, m2 = tiny_model(seed=4), tiny_model(seed=4)
+    pre = dpo.compute_reference_logps(m1, dpo_data(8), tok)
+    h1 = dpo.train(m1, pre, cfg)
+    h2 = dpo.train(m2, dpo_data(8), cfg, tokenizer=tok, ref_model=copy.deepcopy(m2).eval())
+    assert [h["loss"] for h in h1] == pytest.approx([h["loss"] for h in h2], abs=1e-5)
+    assert h1[-1]["loss"] < h1[0]["loss"]
+    for a, b in zip(m1.parameters(), m2.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_accumulation_does_not_change_the_step():
+    """SFT averages over the global batch's tokens: 4 micro-batches of 1 == 1 of 4 (lengths differ)."""
+    tok, hs, ms = ByteTok(), [], []
+    for mb in (4, 1):
+        m = tiny_model(seed=5)
+        cfg = dpo.TrainConfig(mode="sft", steps=3, batch_size=4, micro_batch_size=mb, lr=1e-2, dropout=0.0)
+        hs.append([h["loss"] for h in dpo.train(m, sft_data(), cfg, tokenizer=tok)])
+        ms.append(m)
+    assert hs[0] == pytest.approx(hs[1], abs=1e-5)
+    for a, b in zip(ms[0].parameters(), ms[1].parameters()):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_resume_after_kill_ends_where_a_straight_run_ends(tmp_path):
+    tok = ByteTok()
+    kw = dict(mode="dpo", steps=6, batch_size=4, micro_batch_size=2, lr=1e-2, dropout=0.1, save_every=2)
+    straight = tiny_model(seed=6)
+    h_straight = dpo.train(straight, dpo_data(), dpo.TrainConfig(**kw, out=str(tmp_path / "a")), tokenizer=tok)
+    killed = tiny_model(seed=6)
+    out = str(tmp_path / "b")
+    dpo.train(killed, dpo_data(), dpo.TrainConfig(**kw, out=out, stop_after=5), tokenizer=tok)  # dies at step 5
+    assert not os.path.exists(os.path.join(out, "params.json"))  # a killed run writes no final checkpoint
+    resumed = tiny_model(seed=99)  # a fresh process: weights come from the checkpoint (step 4)
+    h = dpo.train(resumed, dpo_data(), dpo.TrainConfig(**kw, out=out, resume=True), tokenizer=tok)
+    assert [x["loss"] for x in h] == [x["loss"] for x in h_straight]
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+    loaded, _ = load_model(out)
+    for k, v in loaded.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k])
+    assert not [f for f in os.listdir(out) if ".tmp" in f]
+    with pytest.raises(ValueError, match="lr"):
+        dpo.train(tiny_model(), dpo_data(), dpo.TrainConfig(**{**kw, "lr": 0.5}, out=out, resume=True), tokenizer=tok)
+
+
+def test_nan_loss_stops_with_step_and_value():
+    m = tiny_model()
+    with torch.no_grad():
+        m.norm.weight[0] = float("nan")
+    cfg = dpo.TrainConfig(mode="sft", steps=3, batch_size=2, micro_batch_size=2, lr=1e-3)
+    with pytest.raises(FloatingPointError, match=r"step 1/3: loss is nan"):
+        dpo.train(m, sft_data(), cfg, tokenizer=ByteTok())
+
+
+def test_pretrain_mode_and_eval(capsys):
+    m = tiny_model(seed=7)
+    docs = [{"text": f"the {w} is a word."} for w in ("cat", "dog", "owl", "fox", "ant", "cow")]
+    cfg = dpo.TrainConfig(mode="pretrain", steps=4, batch_size=2, micro_batch_size=1, lr=3e-3, max_len=32,
+                          eval_every=2, log_every=1)
+    h = dpo.train(m, docs, cfg, tokenizer=ByteTok(), eval_examples=docs[:2])
+    assert "eval_loss" in h[1] and "eval_loss" in h[3] and "eval_loss" not in h[0]
+    assert "pretrain step 4/4 | loss" in capsys.readouterr().out
+    assert h[-1]["loss"] < h[0]["loss"]
+
+
+def test_dpo_dropout_is_set_then_restored():
+    m = tiny_model(dropout=0.0)
+    seen = []
+    orig = m.layers[0].dropout.forward
+    m.layers[0].dropout.forward = lambda x: (seen.append(m.layers[0].dropout.p), orig(x))[1]
+    cfg = dpo.TrainConfig(mode="sft", steps=1, batch_size=2, micro_batch_size=2, lr=1e-3)  # paper default 0.1
+    dpo.train(m, sft_data(), cfg, tokenizer=ByteTok())
+    assert 0.1 in seen and m.layers[0].dropout.p == 0.0
+
+
+def test_cli_sft_writes_a_loadable_checkpoint(tmp_path):
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in sft_data(4)))
+    ck = tmp_path / "m0"
+    from model import save_checkpoint
+    save_checkpoint(tiny_model(), str(ck))
+    # no tokenizer in m0: the CLI must say so clearly
+    r = subprocess.run([sys.executable, "dpo.py", "--mode", "sft", "--data", str(data), "--ckpt", str(ck),
+                        "--out", str(tmp_path / "m1"), "--steps", "1"], capture_output=True, text=True,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert r.returncode != 0 and "--tokenizer" in r.stderr
