@@ -384,6 +384,34 @@ def _length(row: dict) -> int:
     return len(row.get("ids", ())) + len(row.get("prompt_ids", ())) + resp
 
 
+MIN_SHARED_PREFIX = 32  # tokens; below this a separate prefix pass costs more than it saves
+
+
+def shared_prefix_len(tokens: torch.Tensor, loss_mask: torch.Tensor, min_len: int = MIN_SHARED_PREFIX) -> int:
+    """Length of the prefix that every row of a batch shares and that holds no scored token, nor the
+    scored token right after it (its logit would sit inside the prefix). EFT rows all start with the
+    Fig. 2 judge prompt: ~250 tokens that then run once per micro-batch instead of once per row."""
+    if tokens.shape[0] < 2:
+        return 0
+    same = (tokens == tokens[:1]).all(0).int()  # (T,)
+    L = int(same.cumprod(0).sum())
+    scored = loss_mask.any(0).nonzero()
+    if len(scored):
+        L = min(L, int(scored[0]) - 1)
+    return L if L >= min_len else 0
+
+
+def forward_logits(model, tokens, seq_ids, loss_mask):
+    """(logits, L): logits of positions L.. only, where L is the shared prefix run once (model.forward's
+    prefix_kv), or 0. Equal, values and gradients, to slicing the full forward (tests/test_model.py).
+    Under FSDP the plain forward is used: one forward per micro-batch keeps its hooks simple."""
+    L = 0 if seq_ids is not None or isinstance(model, FSDPModule) else shared_prefix_len(tokens, loss_mask)
+    if not L:
+        return model(tokens, seq_ids=seq_ids), 0
+    _, kv = model(tokens[:1, :L], return_kv=True, last_only=True)
+    return model(tokens[:, L:], start=L, prefix_kv=kv), L
+
+
 @torch.no_grad()
 def score_examples(model, rows: list[dict], mode: str, micro_batch_size: int = 8) -> torch.Tensor:
     """Per-example log-probs in eval mode: dpo -> (n, 4) = (logp chosen, logp rejected, n chosen tokens,
@@ -404,8 +432,8 @@ def score_examples(model, rows: list[dict], mode: str, micro_batch_size: int = 8
         batch = collate([rows[i] for i in mine[s:s + micro_batch_size]], mode, *_pad_to(model, device))
         tokens, mask = batch.tokens.to(device), batch.loss_mask.to(device)
         with _autocast(device, model):
-            logits = model(tokens, seq_ids=None if batch.seq_ids is None else batch.seq_ids.to(device))
-        logps, counts = sequence_logps(logits, tokens, mask), mask[:, 1:].sum(-1).float()  # (rows,)
+            logits, L = forward_logits(model, tokens, None if batch.seq_ids is None else batch.seq_ids.to(device), mask)
+        logps, counts = sequence_logps(logits, tokens[:, L:], mask[:, L:]), mask[:, 1:].sum(-1).float()  # (rows,)
         b = len(mine[s:s + micro_batch_size])
         cols = [logps[:b], logps[b:], counts[:b], counts[b:]] if mode == "dpo" else [logps, counts]
         out.append(torch.stack(cols, 1).double())
@@ -477,11 +505,11 @@ def _micro_step(model, rows, cfg, device, norm, ref_model):
     tokens, mask = batch.tokens.to(device), batch.loss_mask.to(device)
     seq_ids = None if batch.seq_ids is None else batch.seq_ids.to(device)
     with _autocast(device, model):
-        logits = model(tokens, seq_ids=seq_ids)  # (b or 2b, T, V)
+        logits, L = forward_logits(model, tokens, seq_ids, mask)  # (b or 2b, T - L, V)
     if cfg.mode != "dpo":
-        return sft_loss(logits, tokens, mask, n_tokens=norm), {}, batch.n_real
+        return sft_loss(logits, tokens[:, L:], mask[:, L:], n_tokens=norm), {}, batch.n_real
     b = len(rows)
-    logps, counts = sequence_logps(logits, tokens, mask), mask[:, 1:].sum(-1)  # (2b,): chosen, then rejected
+    logps, counts = sequence_logps(logits, tokens[:, L:], mask[:, L:]), mask[:, 1:].sum(-1)  # (2b,): chosen, rejected
     if ref_model is not None:  # the reference held in memory (the alternative to precomputed values)
         with torch.no_grad(), _autocast(device, ref_model):
             ref = sequence_logps(ref_model(tokens, seq_ids=seq_ids), tokens, mask)
@@ -581,7 +609,9 @@ def train(model, examples: list[dict], cfg: TrainConfig, tokenizer=None, eval_ex
                 t_step = time.time()
                 torch.manual_seed(cfg.seed * 1_000_003 + step * 1_009 + rank)  # dropout masks: f(seed, step, rank)
                 idx = batch_indices(len(rows), B, step, cfg.seed)
-                mine = idx[rank * B // world:(rank + 1) * B // world]
+                # Micro-batches of similar length (sorted within the rank's share) waste little padding;
+                # the summed gradient does not depend on how the global batch is cut.
+                mine = sorted(idx[rank * B // world:(rank + 1) * B // world], key=lambda i: _length(rows[i]))
                 # SFT/pretrain normalise by the global batch's target tokens, DPO by its pairs (per rank).
                 norm = (sum(rows[i]["n_targets"] for i in idx) if cfg.mode != "dpo" else B) / world
                 lr = lr_at(step, cfg.steps, cfg.lr, cfg.min_lr, cfg.warmup, cfg.schedule)

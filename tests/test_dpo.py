@@ -333,3 +333,27 @@ def test_cli_sft_writes_a_loadable_checkpoint(tmp_path):
                         "--out", str(tmp_path / "m1"), "--steps", "1"], capture_output=True, text=True,
                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert r.returncode != 0 and "--tokenizer" in r.stderr
+
+
+def test_shared_prefix_training_step_equals_plain_forward(monkeypatch):
+    """EFT-like rows share a long prompt head: the prefix pass must change neither loss nor gradients."""
+    head = "Review the response below with the additive 5-point scoring system. " * 2
+    examples = [{"prompt": head + f"User: task {i}" + "z" * i, "response": f"ok {i}. Score: {i % 6}"} for i in range(6)]
+    rows = dpo.tokenize(examples, ByteTok(), "sft", 512)
+    batch = dpo.collate(rows, "sft")
+    L = dpo.shared_prefix_len(batch.tokens, batch.loss_mask)
+    assert L >= len(head)  # the head plus the chat prefix, and no scored token inside it
+
+    def loss_and_grads(prefix_len):
+        monkeypatch.setattr(dpo, "shared_prefix_len", lambda *a, **k: prefix_len)
+        m = tiny_model(seed=3, vocab_size=260)
+        m.zero_grad()
+        loss, _, _ = dpo._micro_step(m, rows, dpo.TrainConfig(mode="sft", steps=1), torch.device("cpu"), 50.0, None)
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in m.parameters()]
+
+    l_plain, g_plain = loss_and_grads(0)
+    l_prefix, g_prefix = loss_and_grads(L)
+    assert l_prefix == pytest.approx(l_plain, rel=1e-5)
+    for a, b in zip(g_plain, g_prefix):
+        assert torch.allclose(a, b, atol=1e-6)
