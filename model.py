@@ -72,7 +72,7 @@ PRESETS = {
     # Tiny sizes so tests and the toy world run on a laptop CPU.
     "toy-test": dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=512, multiple_of=32,
                      max_seq_len=256),
-    "toy": dict(dim=128, n_layers=4, n_heads=4, n_kv_heads=2, vocab_size=2048, multiple_of=64,
+    "toy": dict(dim=128, n_layers=4, n_heads=4, n_kv_heads=4, vocab_size=1344, multiple_of=64,
                 max_seq_len=768, tie_embeddings=True),
     # GPT-2-small-sized Llama, for MFU on a GPU.
     "llama-124m": dict(dim=768, n_layers=12, n_heads=12, vocab_size=50304, multiple_of=256,
@@ -305,27 +305,44 @@ class Transformer(nn.Module):
 
     def setup_cache(self, batch: int, max_len: int, dtype=None, device=None):
         p = self.tok_embeddings.weight
+        dtype, device = dtype or p.dtype, torch.device(device or p.device)
         if max_len > self.args.max_seq_len:
             raise ValueError(f"cache length {max_len} exceeds max_seq_len {self.args.max_seq_len}")
+        key = (batch, max_len, dtype, device)
+        if device.type == "cuda" and getattr(self, "_cache_pool_key", None) == key:
+            # Same shape as last time: reuse the same buffers, so a CUDA graph captured by the compiled
+            # decode step replays instead of re-recording for new addresses (gpt-fast keeps its cache).
+            for layer, cache in zip(self.layers, self._cache_pool):
+                cache.k.zero_(), cache.v.zero_()
+                layer.attention.cache = cache
+            return
         for layer in self.layers:
-            layer.attention.cache = KVCache(batch, self.args.n_kv_heads, max_len, self.args.head_dim,
-                                            dtype or p.dtype, device or p.device)
+            layer.attention.cache = KVCache(batch, self.args.n_kv_heads, max_len, self.args.head_dim, dtype, device)
+        if device.type == "cuda":
+            self._cache_pool_key, self._cache_pool = key, [layer.attention.cache for layer in self.layers]
 
-    def clear_cache(self):
+    def clear_cache(self, free: bool = False):
+        """Detach the caches (training must never see one); free=True also drops the reusable CUDA ones."""
         for layer in self.layers:
             layer.attention.cache = None
+        if free:
+            self._cache_pool_key, self._cache_pool = None, None
 
     def num_params(self, exclude_embeddings: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())  # parameters() counts a tied tensor once
         return n - self.tok_embeddings.weight.numel() if exclude_embeddings else n
 
     # -- forward
-    def _mask(self, q_start, q_len, kv_len, seq_ids, device):
+    def _mask(self, q_start, q_len, kv_len, seq_ids, device, cached: bool):
+        """FlexAttention (compiled, block-sparse, fused forward and backward) for full sequences: training
+        and scoring. Generation with the KV cache uses SDPA on the dense mask instead: prompt lengths
+        vary (each new flex shape would recompile) and the decode step must keep static shapes for
+        CUDA graphs. CPU uses SDPA unless asked: flex has no backward there."""
         impl = self.attn_impl
-        if impl == "auto":  # flex needs compile, and has no backward on CPU
+        if impl == "auto":
             impl = "flex" if device.type == "cuda" else "sdpa"
-        if impl == "flex":
-            return "flex", flex_block_mask(int(q_start), q_len, kv_len, seq_ids, device)
+        if impl == "flex" and not cached and isinstance(q_start, int):
+            return "flex", flex_block_mask(q_start, q_len, kv_len, seq_ids, device)
         if seq_ids is None and kv_len == q_len and isinstance(q_start, int) and q_start == 0:
             return "sdpa", None  # plain causal
         return "sdpa", dense_mask(q_start, q_len, kv_len, seq_ids, device)
@@ -350,7 +367,7 @@ class Transformer(nn.Module):
         if positions is None:
             positions = (start + torch.arange(T, device=tokens.device))[None]  # (1, T)
         cos, sin = self.rope_cos[positions], self.rope_sin[positions]  # (B or 1, T, hd/2)
-        mask = self._mask(start, T, kv_len, seq_ids, tokens.device)
+        mask = self._mask(start, T, kv_len, seq_ids, tokens.device, cached=cache is not None)
         h = self.tok_embeddings(tokens)  # (B, T, dim)
         kvs = []
         for i, layer in enumerate(self.layers):
