@@ -48,7 +48,12 @@ def top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
 
 def sample(logits: torch.Tensor, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
            generator: torch.Generator | None = None) -> torch.Tensor:
-    """logits (B, V) -> token ids (B,). temperature 0 is greedy."""
+    """logits (B, V) -> token ids (B,). temperature 0 is greedy.
+
+    Exact nucleus sampling, made cheap for big batches: the nucleus lies inside the 64 most likely
+    tokens whenever their mass reaches top_p (almost always at T=0.7), so a topk replaces the full sort
+    unless some row needs it; then one uniform number per row picks a token by inverse CDF, instead of
+    torch.multinomial's random number per vocabulary entry."""
     logits = logits.float()
     if temperature <= 0:
         return logits.argmax(-1)
@@ -57,9 +62,17 @@ def sample(logits: torch.Tensor, temperature: float = 1.0, top_p: float = 1.0, t
         kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = logits.softmax(-1)
+    order = None
     if top_p < 1.0:
-        probs = top_p_filter(probs, top_p)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        probs, order = probs.topk(min(64, probs.shape[-1]), dim=-1)  # (B, K), descending
+        if order.shape[-1] < logits.shape[-1] and (probs.sum(-1) < top_p).any():
+            probs, order = logits.softmax(-1).sort(dim=-1, descending=True)
+        probs = probs.masked_fill(probs.cumsum(-1) - probs >= top_p, 0.0)  # drop tokens past the nucleus
+    cdf = probs.double().cumsum(-1)  # (B, K or V)
+    u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device, dtype=torch.float64) * cdf[:, -1:]
+    last = (probs > 0).sum(-1, keepdim=True) - 1  # guards u rounding up to the total
+    j = torch.searchsorted(cdf, u, right=True).clamp(max=last)
+    return (j if order is None else order.gather(-1, j)).squeeze(-1)
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -158,22 +171,32 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, *, num_sample
 
     step = get_decode_step(compile, device)
     stop = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)
+    out = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    live = torch.arange(B, device=device)  # the original row of each row still decoding
     done = torch.zeros(B, dtype=torch.bool, device=device)
-    out = []
+    n = 0
     for t in range(max_new_tokens):
         nxt = sample(logits, temperature, top_p, top_k, generator).to(device)
-        out.append(nxt)
+        out[live, t] = nxt
         done |= torch.isin(nxt, stop)
+        n = t + 1
         if t == max_new_tokens - 1 or _all_done(done):
             break
+        if not compile and t % 8 == 7 and 2 * int(done.sum()) >= len(done):
+            # Half the rows have finished: drop them from the cache, so one long row does not keep the
+            # whole batch decoding (the compiled step keeps its static shapes instead).
+            keep = (~done).nonzero().squeeze(1)
+            live, nxt, done, seq_ids, positions = live[keep], nxt[keep], done[keep], seq_ids[keep], positions[keep]
+            for layer in model.layers:
+                layer.attention.cache.k = layer.attention.cache.k[keep]
+                layer.attention.cache.v = layer.attention.cache.v[keep]
         slot = P + t
         logits = step(model, nxt[:, None], torch.tensor(slot, device=device), positions[:, slot:slot + 1], seq_ids)
     model.clear_cache()
 
-    new = torch.stack(out, 1).tolist()  # (B, n_new)
     stop_set = set(stop_ids)
     result = []
-    for row in new:
+    for row in out[:, :n].tolist():
         end = next((j + 1 for j, tok in enumerate(row) if tok in stop_set), len(row))
         result.append(row[:end])
     return result
@@ -209,6 +232,7 @@ def generate_many(model, prompts: list[list[int]], max_new_tokens: int, batch_si
             eta = dt / (b + 1) * (n_batches - b - 1)
             print(f"  {progress}: batch {b + 1}/{n_batches}  {n_tok * world / dt:,.0f} new tok/s  "
                   f"elapsed {dt:.0f}s  eta {eta:.0f}s", flush=True)
+    model.clear_cache(free=True)  # the reusable CUDA cache is for repeated calls of one shape only
     if world > 1:
         gathered: list = [None] * world
         dist.all_gather_object(gathered, mine)
