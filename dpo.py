@@ -91,6 +91,7 @@ class TrainConfig:
     out: str | None = None  # final Meta-layout checkpoint (+ history.json) goes here
     resume: bool = False  # continue from OUT/train_state.pt if it exists
     stop_after: int = 0  # stop after this step without saving, as if killed (tests, time slices)
+    doc_mask: bool = True  # pretrain: keep attention inside each packed document (False: GPT-2 style)
 
     def __post_init__(self):
         if self.mode not in MODE_DEFAULTS:
@@ -113,7 +114,8 @@ def sequence_logps(logits, labels, loss_mask, average: bool = False) -> torch.Te
     Returns (B,) sums, or per-token means with average=True."""
     logits = logits[:, :-1].float()  # (B, T-1, V) fp32: bf16 log-softmax over 100k+ words loses digits
     labels, mask = labels[:, 1:], loss_mask[:, 1:].float()  # (B, T-1)
-    logps = torch.gather(logits.log_softmax(-1), 2, labels.unsqueeze(2)).squeeze(2)  # (B, T-1)
+    # log_softmax(x)[y] = x[y] - logsumexp(x): one reduction, without a second (B, T-1, V) tensor
+    logps = torch.gather(logits, 2, labels.unsqueeze(2)).squeeze(2) - logits.logsumexp(-1)  # (B, T-1)
     total = (logps * mask).sum(-1)
     return total / mask.sum(-1).clamp(min=1) if average else total
 
@@ -498,12 +500,34 @@ def _prepare(examples, cfg: TrainConfig, tokenizer, max_len: int) -> list[dict]:
     return rows
 
 
+def micro_batches(rows: list[dict], mb: int, regroup: bool = False) -> list[list[dict]]:
+    """Cut a rank's share of the global batch into micro-batches of similar rows (the summed gradient
+    does not depend on the cut). Sorted by length, so little padding is wasted. With regroup (one
+    process only: FSDP ranks must run equal numbers of forwards), rows that open with the same
+    MIN_SHARED_PREFIX tokens (EFT rows: the Fig. 2 prompt) also go together, so their long shared
+    prefix runs once per micro-batch (forward_logits)."""
+    if not regroup:
+        rows = sorted(rows, key=_length)
+        return [rows[k:k + mb] for k in range(0, len(rows), mb)]
+    groups: dict = {}
+    for r in rows:
+        ids = r.get("prompt_ids", r.get("ids", ()))
+        groups.setdefault(tuple(ids[:MIN_SHARED_PREFIX]) if len(ids) > MIN_SHARED_PREFIX else None, []).append(r)
+    for head in [h for h, g in groups.items() if h is not None and len(g) == 1]:  # nothing to share
+        groups.setdefault(None, []).extend(groups.pop(head))
+    chunks = []
+    for g in groups.values():
+        g.sort(key=_length)
+        chunks += [g[k:k + mb] for k in range(0, len(g), mb)]
+    return chunks
+
+
 def _micro_step(model, rows, cfg, device, norm, ref_model):
     """Loss of one micro-batch, scaled so that the sum over micro-batches and the mean over ranks
     (FSDP averages gradients) is the global batch's mean. Returns (loss, metric sums, real tokens)."""
     batch = collate(rows, cfg.mode, *_pad_to(model, device))
     tokens, mask = batch.tokens.to(device), batch.loss_mask.to(device)
-    seq_ids = None if batch.seq_ids is None else batch.seq_ids.to(device)
+    seq_ids = None if batch.seq_ids is None or not cfg.doc_mask else batch.seq_ids.to(device)
     with _autocast(device, model):
         logits, L = forward_logits(model, tokens, seq_ids, mask)  # (b or 2b, T - L, V)
     if cfg.mode != "dpo":
@@ -611,18 +635,18 @@ def train(model, examples: list[dict], cfg: TrainConfig, tokenizer=None, eval_ex
                 idx = batch_indices(len(rows), B, step, cfg.seed)
                 # Micro-batches of similar length (sorted within the rank's share) waste little padding;
                 # the summed gradient does not depend on how the global batch is cut.
-                mine = sorted(idx[rank * B // world:(rank + 1) * B // world], key=lambda i: _length(rows[i]))
+                mine = idx[rank * B // world:(rank + 1) * B // world]
+                chunks = micro_batches([rows[i] for i in mine], mb, regroup=world == 1)
                 # SFT/pretrain normalise by the global batch's target tokens, DPO by its pairs (per rank).
                 norm = (sum(rows[i]["n_targets"] for i in idx) if cfg.mode != "dpo" else B) / world
                 lr = lr_at(step, cfg.steps, cfg.lr, cfg.min_lr, cfg.warmup, cfg.schedule)
                 for g in opt.param_groups:
                     g["lr"] = lr
                 sums = torch.zeros(6, dtype=torch.float64)  # loss, acc, chosen, rejected, margin, tokens
-                for k in range(accum):
+                for k, chunk in enumerate(chunks):
                     if isinstance(model, FSDPModule):  # reduce-scatter gradients only after the last one
-                        model.set_requires_gradient_sync(k == accum - 1)
-                    loss, m, n_real = _micro_step(model, [rows[i] for i in mine[k * mb:(k + 1) * mb]],
-                                                  cfg, device, norm, ref_model)
+                        model.set_requires_gradient_sync(k == len(chunks) - 1)
+                    loss, m, n_real = _micro_step(model, chunk, cfg, device, norm, ref_model)
                     loss.backward()
                     sums += torch.tensor([loss.item(), m.get("reward_accuracy", 0), m.get("chosen_reward", 0),
                                           m.get("rejected_reward", 0), m.get("margin", 0), n_real], dtype=torch.float64)

@@ -357,3 +357,16 @@ def test_shared_prefix_training_step_equals_plain_forward(monkeypatch):
     assert l_prefix == pytest.approx(l_plain, rel=1e-5)
     for a, b in zip(g_plain, g_prefix):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_micro_batches_keep_every_row_once_and_group_shared_prompts():
+    head = list(range(100, 140))  # 40 shared prompt tokens (> MIN_SHARED_PREFIX)
+    rows = ([{"prompt_ids": head + [i], "response_ids": [1] * (i % 5 + 1)} for i in range(7)] +
+            [{"prompt_ids": [i, i + 1], "response_ids": [2] * (i % 3 + 1)} for i in range(9)])
+    for regroup in (False, True):
+        chunks = dpo.micro_batches(rows, 4, regroup=regroup)
+        flat = [id(r) for c in chunks for r in c]
+        assert sorted(flat) == sorted(id(r) for r in rows) and all(len(c) <= 4 for c in chunks)
+    chunks = dpo.micro_batches(rows, 4, regroup=True)
+    shared = [c for c in chunks if c[0]["prompt_ids"][:40] == head]
+    assert all(all(r["prompt_ids"][:40] == head for r in c) for c in shared) and sum(map(len, shared)) == 7
