@@ -112,7 +112,17 @@ def true_score(instruction: str, response: str) -> int:
 
 
 def justification(instruction: str, response: str) -> str:
-    """The EFT target: name each check, then the score (the paper's "justify, then Score: k")."""
+    """The EFT target, "justify, then Score: k" as Fig. 2 asks: restate what was asked and quote the
+    response, then name each check, then the score. Restating puts what the checks need right before
+    them, so a tiny judge copies instead of searching back across the Fig. 2 text between the response
+    and its verdict (without it, a 1M-parameter judge stayed at chance). The quote repeats Fig. 2's own
+    "<response>" markup, so copying is plain induction: find the earlier "<response>", copy what follows."""
+    n, cat, sep = parse_instruction(instruction)
+    return f"asked {n} {cat}, {sep}. <response>{response}</response> {verdict(instruction, response)}"
+
+
+def verdict(instruction: str, response: str) -> str:
+    """The last part of a justification: each check by name, then the score."""
     c = checks(instruction, response)
     return ", ".join(f"{k} {'ok' if v else 'no'}" for k, v in c.items()) + f". Score: {sum(c.values())}"
 
@@ -221,6 +231,21 @@ def seed_eft(n: int, seed: int) -> list[dict]:
     return out
 
 
+def graded_answers(n: int, seed: int) -> list[str]:
+    """Plain-text graded answers for the toy M0's pretraining ("task: ... / <response>...</response> /
+    verdict"), the
+    toy's stand-in for the critiques a real base model has read: the paper's SFT baseline already judges
+    at 65% pairwise accuracy before any EFT. No Fig. 2 prompt, no chat format, no held-out instruction.
+    A few unrelated sentences sometimes sit between answer and verdict, so that restating (copying) is
+    learned at a distance, as a judge behind the Fig. 2 text needs it."""
+    rng = random.Random(seed + 17)
+    out = []
+    for e in seed_eft(n, seed):
+        filler = "".join(_pretrain_line(rng) + "\n" for _ in range(rng.choice((0, 1, 2, 4, 6, 8))))
+        out.append(f"task: {e['instruction']}\n<response>{e['response']}</response>\n{filler}{e['judgment']}\n")
+    return out
+
+
 def eval_prompts(n: int, seed: int) -> list[str]:
     """n distinct held-out instructions (about 750k exist)."""
     rng, seen = random.Random(seed), {}
@@ -290,8 +315,11 @@ def tokenizer_corpus(seed: int = 0) -> str:
     ift, eft = seed_ift(3000, seed + 1), seed_eft(2000, seed + 2)
     parts = [pretrain_text(300_000, seed)]
     parts += [f"{d['prompt']}\n{d['response']}" for d in ift]
-    parts += [judge_prompt(d["instruction"], d["response"]) + "\n" + d["judgment"] for d in eft[:40]]
-    parts += [d["judgment"] for d in eft[40:]]
+    # Verdicts only, not whole justifications: the committed tokenizer was trained before judgments
+    # restated the task, and keeping its corpus fixed keeps the asset reproducible (a test checks it).
+    parts += [judge_prompt(d["instruction"], d["response"]) + "\n" + verdict(d["instruction"], d["response"])
+              for d in eft[:40]]
+    parts += [verdict(d["instruction"], d["response"]) for d in eft[40:]]
     return "\n".join(parts)
 
 

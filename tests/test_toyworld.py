@@ -57,8 +57,10 @@ def test_checks_and_score_by_hand(instruction, response, bits):
 
 def test_justification_by_hand_and_parse():
     j = tw.justification(F4, "banana, apple, cherry, fig")
-    assert j == "count ok, category ok, sorted no, unique ok, format ok. Score: 4"
-    assert tw.justification(F4, "") == "count no, category no, sorted no, unique no, format no. Score: 0"
+    assert j == ("asked 4 fruits, comma. <response>banana, apple, cherry, fig</response> "
+                 "count ok, category ok, sorted no, unique ok, format ok. Score: 4")
+    assert tw.justification(F4, "") == ("asked 4 fruits, comma. <response></response> "
+                                        "count no, category no, sorted no, unique no, format no. Score: 0")
 
 
 def test_parse_instruction_by_hand():
@@ -164,3 +166,20 @@ def test_pretrain_and_tokenizer_text():
     corpus = tw.tokenizer_corpus(0)
     assert 500_000 <= len(corpus) <= 1_000_000
     assert corpus.count("Review the user’s question") >= 10  # Fig. 2 text, curly quote and all
+
+
+def test_committed_tokenizer_is_train_tokenizer_output(tmp_path):
+    path = tmp_path / "toy.tiktoken"
+    tw.train_tokenizer(str(path))
+    assert path.read_bytes() == (Path(__file__).parent.parent / tw.TOKENIZER_PATH).read_bytes()
+
+
+def test_graded_answers_carry_true_verdicts_and_no_heldout_task():
+    for doc in tw.graded_answers(200, 3):
+        lines = doc.rstrip("\n").split("\n")
+        assert lines[0].startswith("task: ") and lines[1].startswith("<response>")
+        ins, resp = lines[0][len("task: "):], lines[1][len("<response>"):-len("</response>")]
+        assert not tw.is_heldout(ins)
+        assert lines[-1] == tw.justification(ins, resp)
+        assert 0 <= len(lines) - 3 <= 8  # filler sentences between answer and verdict
+    assert tw.graded_answers(50, 3) == tw.graded_answers(50, 3)
