@@ -15,7 +15,6 @@ truth that makes improvement measurable; only evaluation reads it. Every stage w
 atomically under --run-dir, and a killed run resumes from them with the same command.
 """
 import argparse
-import copy
 import json
 import math
 import os
@@ -26,12 +25,13 @@ import time
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.distributed as dist
 
 import dpo
 import judge as J
 import toyworld
 from generate import generate_many
-from model import Transformer, load_model, preset, save_checkpoint
+from model import PRESETS, Transformer, preset
 from tokenizer import Tokenizer
 
 
@@ -41,11 +41,13 @@ class Config:
     seed: int = 0
     iterations: int = 3  # T: M1 -> M2 -> M3 -> M4 (the paper stops at M3)
     preset: str = "toy"
+    init: str = ""  # M0 = this checkpoint (Meta-layout dir or .gguf, with its tokenizer) instead of a preset
+    # pretrained on the toy world's text; the data source stays the toy world
     device: str = "cpu"
     threads: int = 0  # torch threads; 0 = torch's default
     compile: bool = False  # torch.compile the decode step (pays off on GPU; measured slower for the toy on CPU)
     # M0: the toy base model, pretrained on the toy world's text
-    pretrain_steps: int = 1200
+    pretrain_steps: int = 800
     pretrain_lr: float = 3e-3
     pretrain_batch: int = 16
     pretrain_seq_len: int = 128
@@ -56,7 +58,7 @@ class Config:
     n_ift: int = 3200
     n_eft: int = 4800
     # M1: SFT on IFT + EFT
-    sft_steps: int = 300
+    sft_steps: int = 450  # with 300 (and 1,200 pretraining steps) the M1 judge reached 71.7-77.0% on seeds 0-2
     sft_lr: float = 2e-3
     sft_min_lr: float = 2e-4
     sft_batch: int = 32
@@ -72,6 +74,8 @@ class Config:
     judge_samples: int = 3
     max_response_tokens: int = 48
     max_judge_tokens: int = 80
+    pairs_from: str = "judge"  # "random": a control, not the method; a random candidate is chosen over
+    # another, with no judging, to show how much of the gain comes from the judge rather than from DPO itself
     dpo_epochs: float = 1.0
     dpo_lr: float = 3e-5  # 1e-4 for 2 epochs over-optimised: responses collapsed to 2-3 words
     dpo_min_lr: float = 3e-6
@@ -86,11 +90,24 @@ class Config:
 
 # ----------------------------------------------------------------------------- small utilities
 
+def is_main() -> bool:
+    """Under torchrun every rank runs the loop; rank 0 alone prints and writes files."""
+    return dpo.rank_world()[0] == 0
+
+
+def barrier():
+    if dist.is_initialized():
+        dist.barrier()
+
+
 def log(msg: str):
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+    if is_main():
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def write_json(path: str, obj):
+    if not is_main():
+        return
     tmp = f"{path}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(obj, f, indent=1, ensure_ascii=False)
@@ -98,6 +115,8 @@ def write_json(path: str, obj):
 
 
 def write_jsonl(path: str, rows: list[dict]):
+    if not is_main():
+        return
     tmp = f"{path}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         for r in rows:
@@ -119,11 +138,14 @@ def read_jsonl(path: str) -> list[dict]:
 
 def stage(path: str, make, kind: str = "jsonl"):
     """Reuse a finished stage's artifact, or make it and write it atomically."""
-    if os.path.exists(path):
+    exists = os.path.exists(path)
+    barrier()  # under torchrun: every rank has looked before rank 0 can write it
+    if exists:
         log(f"reusing {path}")
         return read_jsonl(path) if kind == "jsonl" else json.load(open(path, encoding="utf-8"))
-    out = make()
+    out = make()  # under torchrun: a collective; every rank ends with the same rows
     (write_jsonl if kind == "jsonl" else write_json)(path, out)
+    barrier()  # no rank reads what rank 0 has not finished writing
     return out
 
 
@@ -149,6 +171,7 @@ def mean_se(xs: list[float]) -> tuple[float, float]:
 
 
 def sampling(cfg: Config, temperature: float, seed: int) -> dict:
+    seed += 7919 * dpo.rank_world()[0]  # under torchrun each rank samples its own share of the prompts
     return dict(temperature=temperature, top_p=cfg.top_p, generator=torch.Generator(device=cfg.device).manual_seed(seed),
                 compile=cfg.compile, batch_size=cfg.batch_size)
 
@@ -238,24 +261,47 @@ def build_pairs(candidates: list[dict], judgments: list[dict]) -> tuple[list[dic
     return pairs, stats
 
 
+def random_judgments(candidates: list[dict], seed: int) -> list[dict]:
+    """The --pairs-from random control: distinct random "scores" in place of the judge's, so build_pairs
+    prefers one random candidate over another. Not the method: it measures what DPO gains without a judge."""
+    rng = random.Random(seed)
+    return [{"prompt_index": i, "candidate": k, "score": float(s), "scores": [float(s)], "raw": []}
+            for i, c in enumerate(candidates)
+            for k, s in enumerate(rng.sample(range(len(c["responses"])), len(c["responses"])))]
+
+
 # ----------------------------------------------------------------------------- training stages
 
 def train_stage(cfg: Config, name: str, init, examples, train_cfg: dpo.TrainConfig, tok):
-    """Train a copy of `init` (a model, or a preset name) into run_dir/name, or load it if done.
-    The trainer checkpoints as it goes, so a killed stage resumes mid-way."""
+    """Train `init` (a model, which is trained in place, a checkpoint directory, or a preset name) into
+    run_dir/name, or load it if that is done. The trainer checkpoints as it goes, so a killed stage
+    resumes mid-way. Returns the saved weights (identical whether resumed or not) in eval mode."""
     out = os.path.join(cfg.run_dir, name)
-    if os.path.exists(os.path.join(out, "params.json")):
+    done = os.path.exists(os.path.join(out, "params.json"))
+    barrier()
+    if done:
         log(f"reusing {out}")
-        return load_model(out, device=cfg.device)[0].eval()
-    if isinstance(init, str):
+        return load_stage_model(cfg, out)
+    if isinstance(init, str) and init in PRESETS:
         model = Transformer(preset(init, vocab_size=-(-tok.n_words // 64) * 64)).to(cfg.device)
         model.init_weights(seed=cfg.seed)
+        if dpo.rank_world()[1] > 1:
+            dpo.shard_model(model, torch.device(cfg.device))
+    elif isinstance(init, str):
+        model = load_stage_model(cfg, init)
     else:
         model = init
     log(f"== {name}: {train_cfg.mode}, {len(examples)} examples, {train_cfg.steps} steps")
     train_cfg.out, train_cfg.save_every, train_cfg.resume = out, max(train_cfg.steps // 4, 1), True
     dpo.train(model, examples, train_cfg, tokenizer=tok)
-    return load_model(out, device=cfg.device)[0].eval()  # the saved weights: identical whether resumed or not
+    return load_stage_model(cfg, out)
+
+
+def load_stage_model(cfg: Config, path: str):
+    """A stage's checkpoint. Under torchrun it is sharded with FSDP2 (dpo.load_for_training: no rank holds
+    the whole model on its device), and training, generation and scoring all run on the shards, the ranks
+    in lockstep."""
+    return dpo.load_for_training(path, cfg.device, cfg.seed)[0].eval()
 
 
 def pretraining_text(cfg: Config) -> list[dict]:
@@ -278,7 +324,9 @@ def pretraining_text(cfg: Config) -> list[dict]:
 def evaluate(model, tok, cfg: Config, name: str, data: dict, m1_responses=None, prev_responses=None) -> dict:
     """Ground-truth evaluation of one model (only here does the loop read the toy world's rubric)."""
     path = os.path.join(cfg.run_dir, "eval", f"{name}.json")
-    if os.path.exists(path):
+    exists = os.path.exists(path)
+    barrier()
+    if exists:
         log(f"reusing {path}")
         return json.load(open(path, encoding="utf-8"))
     log(f"== evaluating {name}")
@@ -312,6 +360,7 @@ def evaluate(model, tok, cfg: Config, name: str, data: dict, m1_responses=None, 
     res["judge"] = J.reward_model_metrics(groups)
     res["judge"]["parse_rate"] = J.parse_rate(judged)
     write_json(path, res)
+    barrier()
     return res
 
 
@@ -341,6 +390,8 @@ def aift_iteration(model, tok, cfg: Config, t: int, data: dict, earlier_prompts:
     candidates = stage(os.path.join(d, "candidates.jsonl"), make_candidates)
 
     def make_judgments():
+        if cfg.pairs_from == "random":
+            return random_judgments(candidates, seed + 3)
         items = [(c["prompt"], r) for c in candidates for r in c["responses"]]
         judged = J.judge(model, tok, items, samples=cfg.judge_samples, max_new_tokens=cfg.max_judge_tokens,
                          progress=f"{mt} judges", **sampling(cfg, cfg.temperature, seed + 3))
@@ -364,10 +415,11 @@ def aift_iteration(model, tok, cfg: Config, t: int, data: dict, earlier_prompts:
         log(f"WARNING: AIFT({mt}) built no preference pairs; M{t + 1} = {mt}")
         out = os.path.join(cfg.run_dir, f"M{t + 1}")
         if not os.path.exists(os.path.join(out, "params.json")):
-            save_checkpoint(model, out, tok)
+            dpo.save_final(model, out, tok)  # under FSDP: gathered to rank 0, which writes
         return model, [p["prompt"] for p in prompts], pair_stats, pairs
     steps = max(1, round(cfg.dpo_epochs * len(examples) / cfg.dpo_batch))
-    train_cfg = dpo.TrainConfig(mode="dpo", steps=steps, batch_size=cfg.dpo_batch, micro_batch_size=cfg.dpo_batch,
+    world = dpo.rank_world()[1]  # the global batch stays cfg.dpo_batch; each rank takes its share
+    train_cfg = dpo.TrainConfig(mode="dpo", steps=steps, batch_size=cfg.dpo_batch, micro_batch_size=cfg.dpo_batch // world,
                                 lr=cfg.dpo_lr, min_lr=cfg.dpo_min_lr, beta=cfg.beta, rpo_alpha=cfg.rpo_alpha,
                                 seed=seed + 4, log_every=max(steps // 5, 1), max_len=model.args.max_seq_len)
     new_model = train_stage(cfg, f"M{t + 1}", model, examples, train_cfg, tok)
@@ -375,13 +427,23 @@ def aift_iteration(model, tok, cfg: Config, t: int, data: dict, earlier_prompts:
 
 
 def run(cfg: Config) -> dict:
+    if cfg.pairs_from not in ("judge", "random"):
+        raise ValueError(f"--pairs-from must be 'judge' or 'random', not {cfg.pairs_from!r}")
     t_start = time.time()
+    init_distributed(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     os.makedirs(os.path.join(cfg.run_dir, "eval"), exist_ok=True)
     write_json(os.path.join(cfg.run_dir, "config.json"), asdict(cfg))
-    tok = Tokenizer.toy(toyworld.TOKENIZER_PATH)
+    m0 = None
+    if cfg.init:  # a given base model and its own tokenizer and chat format
+        m0, tok = dpo.load_for_training(cfg.init, cfg.device, cfg.seed)
+        if tok is None:
+            raise SystemExit(f"--init {cfg.init}: no tokenizer found next to the weights")
+        m0.eval()
+    else:
+        tok = Tokenizer.toy(toyworld.TOKENIZER_PATH)
 
     # Seed data (Section 3.1): IFT and EFT for training; held-out eval prompts and an RM set for evaluation.
     data_dir = os.path.join(cfg.run_dir, "data")
@@ -396,22 +458,25 @@ def run(cfg: Config) -> dict:
     seed_quality = mean_se([toyworld.true_score(r["prompt"], r["response"]) for r in data["ift"]])
     log(f"seed IFT demonstrations: mean true score {seed_quality[0]:.3f} +- {seed_quality[1]:.3f}")
 
-    # M0: pretrain the toy base model.
-    pre_cfg = dpo.TrainConfig(mode="pretrain", steps=cfg.pretrain_steps, batch_size=cfg.pretrain_batch,
-                              micro_batch_size=cfg.pretrain_batch, lr=cfg.pretrain_lr, min_lr=cfg.pretrain_lr / 10,
-                              warmup=cfg.pretrain_steps // 20, max_len=cfg.pretrain_seq_len, seed=cfg.seed,
-                              doc_mask=False,  # documents end in EOS; plain causal attention is faster
-                              log_every=max(cfg.pretrain_steps // 8, 1))
-    m0 = train_stage(cfg, "M0", cfg.preset, pretraining_text(cfg), pre_cfg, tok)
+    # M0: the toy base model, pretrained here (or the --init checkpoint, loaded above).
+    world = dpo.rank_world()[1]  # under torchrun the global batches stay the same; each rank takes its share
+    if m0 is None:
+        pre_cfg = dpo.TrainConfig(mode="pretrain", steps=cfg.pretrain_steps, batch_size=cfg.pretrain_batch,
+                                  micro_batch_size=cfg.pretrain_batch // world, lr=cfg.pretrain_lr,
+                                  min_lr=cfg.pretrain_lr / 10, warmup=cfg.pretrain_steps // 20,
+                                  max_len=cfg.pretrain_seq_len, seed=cfg.seed,
+                                  doc_mask=False,  # documents end in EOS; plain causal attention is faster
+                                  log_every=max(cfg.pretrain_steps // 8, 1))
+        m0 = train_stage(cfg, "M0", cfg.preset, pretraining_text(cfg), pre_cfg, tok)
 
     # M1 = SFT on IFT + EFT (EFT: the Fig. 2 prompt -> a justification ending in "Score: k").
     eft = [J.eft_example(e["instruction"], e["response"], e["judgment"]) for e in data["eft"]]
     sft_examples = [{"prompt": r["prompt"], "response": r["response"]} for r in data["ift"]] + eft
     sft_cfg = dpo.TrainConfig(mode="sft", steps=cfg.sft_steps, batch_size=cfg.sft_batch,
-                              micro_batch_size=cfg.sft_batch // 2, lr=cfg.sft_lr, min_lr=cfg.sft_min_lr,
+                              micro_batch_size=max(1, cfg.sft_batch // 2 // world), lr=cfg.sft_lr, min_lr=cfg.sft_min_lr,
                               warmup=cfg.sft_steps // 20, seed=cfg.seed + 1, log_every=max(cfg.sft_steps // 10, 1),
                               max_len=m0.args.max_seq_len)
-    model = train_stage(cfg, "M1", copy.deepcopy(m0), sft_examples, sft_cfg, tok)
+    model = train_stage(cfg, "M1", cfg.init or os.path.join(cfg.run_dir, "M0"), sft_examples, sft_cfg, tok)
 
     results = [evaluate(model, tok, cfg, "M1", data)]
     m1_responses = results[0]["responses"]
@@ -424,6 +489,18 @@ def run(cfg: Config) -> dict:
         results.append(evaluate(model, tok, cfg, f"M{t + 1}", data, m1_responses, results[-1]["responses"]))
     summary = report(cfg, results, iteration_stats, seed_quality, time.time() - t_start)
     return summary
+
+
+def init_distributed(cfg: Config):
+    """`torchrun --nproc_per_node N loop.py ...`: one process per device. Training stages shard the model
+    with FSDP2 (dpo.py); generation, judging and scoring split their prompts across ranks and gather."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return
+    cuda = cfg.device.startswith("cuda")
+    dist.init_process_group("nccl" if cuda else "gloo")
+    if cuda:
+        cfg.device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+        torch.cuda.set_device(cfg.device)
 
 
 def truly_better(pairs: list[dict]) -> float | None:
@@ -471,12 +548,14 @@ def report(cfg: Config, results: list[dict], iteration_stats: list[dict], seed_q
     summary = {"config": asdict(cfg), "seed_quality": seed_quality, "wall_seconds": wall,
                "results": [{k: v for k, v in r.items() if k != "responses"} for r in results],
                "iterations": iteration_stats}
-    with open(os.path.join(cfg.run_dir, "results.md.tmp"), "w", encoding="utf-8") as f:
-        f.write(md)
-    os.replace(os.path.join(cfg.run_dir, "results.md.tmp"), os.path.join(cfg.run_dir, "results.md"))
-    write_json(os.path.join(cfg.run_dir, "results.json"), summary)
-    plot(cfg, results, seed_quality)
-    print("\n" + md, flush=True)
+    if is_main():
+        with open(os.path.join(cfg.run_dir, "results.md.tmp"), "w", encoding="utf-8") as f:
+            f.write(md)
+        os.replace(os.path.join(cfg.run_dir, "results.md.tmp"), os.path.join(cfg.run_dir, "results.md"))
+        write_json(os.path.join(cfg.run_dir, "results.json"), summary)
+        plot(cfg, results, seed_quality)
+        print("\n" + md, flush=True)
+    barrier()
     return summary
 
 
@@ -496,7 +575,8 @@ def plot(cfg: Config, results: list[dict], seed_quality):
         ax.axhline(seed_quality[0] / 5, ls="--", c="gray", label="seed IFT quality / 5")
         ax.set_ylim(0, 1.02)
         ax.legend()
-        fig.savefig(os.path.join(cfg.run_dir, "results.png"), dpi=100)
+        fig.savefig(os.path.join(cfg.run_dir, "results.tmp.png"), dpi=100)
+        os.replace(os.path.join(cfg.run_dir, "results.tmp.png"), os.path.join(cfg.run_dir, "results.png"))
         return
     except ImportError:
         pass
@@ -519,8 +599,9 @@ def plot(cfg: Config, results: list[dict], seed_quality):
         parts.append(f'<polyline points="{pts}" fill="none" stroke="{colors[k]}" stroke-width="2"/>')
         parts.append(f'<text x="{pad + 10}" y="{18 + 15 * k}" fill="{colors[k]}">{label}</text>')
     parts.append(f'<text x="{pad + 10}" y="{18 + 15 * len(series)}" fill="gray">dashed: seed IFT quality / 5</text></svg>')
-    with open(os.path.join(cfg.run_dir, "results.svg"), "w", encoding="utf-8") as f:
+    with open(os.path.join(cfg.run_dir, "results.svg.tmp"), "w", encoding="utf-8") as f:
         f.write("\n".join(parts))
+    os.replace(os.path.join(cfg.run_dir, "results.svg.tmp"), os.path.join(cfg.run_dir, "results.svg"))
 
 
 def parse_args(argv=None) -> Config:
@@ -536,4 +617,8 @@ def parse_args(argv=None) -> Config:
 
 
 if __name__ == "__main__":
-    run(parse_args())
+    try:
+        run(parse_args())
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
