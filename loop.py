@@ -19,8 +19,6 @@ import json
 import math
 import os
 import random
-import re
-import shutil
 import time
 from dataclasses import asdict, dataclass
 
@@ -31,7 +29,7 @@ import dpo
 import judge as J
 import toyworld
 from generate import generate_many
-from model import PRESETS, Transformer, preset
+from model import PRESETS, Transformer, atomic_write, atomic_write_text, preset
 from tokenizer import Tokenizer
 
 
@@ -106,22 +104,13 @@ def log(msg: str):
 
 
 def write_json(path: str, obj):
-    if not is_main():
-        return
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, ensure_ascii=False)
-    os.replace(tmp, path)  # atomic: a killed run never leaves half a file
+    if is_main():  # atomic: a killed run never leaves half a file
+        atomic_write_text(path, json.dumps(obj, indent=1, ensure_ascii=False))
 
 
 def write_jsonl(path: str, rows: list[dict]):
-    if not is_main():
-        return
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    if is_main():
+        atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def read_jsonl(path: str) -> list[dict]:
@@ -549,9 +538,7 @@ def report(cfg: Config, results: list[dict], iteration_stats: list[dict], seed_q
                "results": [{k: v for k, v in r.items() if k != "responses"} for r in results],
                "iterations": iteration_stats}
     if is_main():
-        with open(os.path.join(cfg.run_dir, "results.md.tmp"), "w", encoding="utf-8") as f:
-            f.write(md)
-        os.replace(os.path.join(cfg.run_dir, "results.md.tmp"), os.path.join(cfg.run_dir, "results.md"))
+        atomic_write_text(os.path.join(cfg.run_dir, "results.md"), md)
         write_json(os.path.join(cfg.run_dir, "results.json"), summary)
         plot(cfg, results, seed_quality)
         print("\n" + md, flush=True)
@@ -575,8 +562,7 @@ def plot(cfg: Config, results: list[dict], seed_quality):
         ax.axhline(seed_quality[0] / 5, ls="--", c="gray", label="seed IFT quality / 5")
         ax.set_ylim(0, 1.02)
         ax.legend()
-        fig.savefig(os.path.join(cfg.run_dir, "results.tmp.png"), dpi=100)
-        os.replace(os.path.join(cfg.run_dir, "results.tmp.png"), os.path.join(cfg.run_dir, "results.png"))
+        atomic_write(os.path.join(cfg.run_dir, "results.png"), lambda tmp: fig.savefig(tmp, format="png", dpi=100))
         return
     except ImportError:
         pass
@@ -599,9 +585,7 @@ def plot(cfg: Config, results: list[dict], seed_quality):
         parts.append(f'<polyline points="{pts}" fill="none" stroke="{colors[k]}" stroke-width="2"/>')
         parts.append(f'<text x="{pad + 10}" y="{18 + 15 * k}" fill="{colors[k]}">{label}</text>')
     parts.append(f'<text x="{pad + 10}" y="{18 + 15 * len(series)}" fill="gray">dashed: seed IFT quality / 5</text></svg>')
-    with open(os.path.join(cfg.run_dir, "results.svg.tmp"), "w", encoding="utf-8") as f:
-        f.write("\n".join(parts))
-    os.replace(os.path.join(cfg.run_dir, "results.svg.tmp"), os.path.join(cfg.run_dir, "results.svg"))
+    atomic_write_text(os.path.join(cfg.run_dir, "results.svg"), "\n".join(parts))
 
 
 def parse_args(argv=None) -> Config:

@@ -381,17 +381,19 @@ class Transformer(nn.Module):
 
 # ----------------------------------------------------------------------------- checkpoints
 
-def _atomic_torch_save(obj, path):
+def atomic_write(path, write):
+    """write(tmp) to a temporary name beside path, then rename it over path: readers (and a run resumed
+    after a kill) see the old file or the new one, never half of one."""
     tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(obj, tmp)
+    write(tmp)
     os.replace(tmp, path)
 
 
-def _atomic_write_text(path, text):
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+def atomic_write_text(path, text: str):
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+    atomic_write(path, write)
 
 
 def save_checkpoint(model: Transformer, directory: str, tokenizer=None):
@@ -399,10 +401,10 @@ def save_checkpoint(model: Transformer, directory: str, tokenizer=None):
     os.makedirs(directory, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()
              if not (model.args.tie_embeddings and k == "output.weight")}
-    _atomic_torch_save(state, os.path.join(directory, "consolidated.00.pth"))
+    atomic_write(os.path.join(directory, "consolidated.00.pth"), lambda tmp: torch.save(state, tmp))
     if tokenizer is not None:
         tokenizer.save(directory)
-    _atomic_write_text(os.path.join(directory, "params.json"), json.dumps(asdict(model.args), indent=2))
+    atomic_write_text(os.path.join(directory, "params.json"), json.dumps(asdict(model.args), indent=2))
 
 
 # Meta's model-parallel layout: which dim each weight was split on across consolidated.NN.pth shards.
