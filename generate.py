@@ -36,13 +36,17 @@ def smollm2_gguf_path() -> str:
 
 # ----------------------------------------------------------------------------- sampling (pure)
 
-def top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Nucleus filtering: keep the smallest set of most likely tokens whose mass reaches top_p
-    (the token that crosses top_p is kept), zero the rest and renormalise. probs: (B, V)."""
-    sorted_p, order = probs.sort(dim=-1, descending=True)
+def nucleus(sorted_p: torch.Tensor, top_p: float) -> torch.Tensor:
+    """The nucleus rule on probabilities sorted in descending order: keep the smallest prefix whose mass
+    reaches top_p (the token that crosses top_p is kept), zero the rest."""
     mass_before = sorted_p.cumsum(-1) - sorted_p  # probability mass of strictly more likely tokens
-    sorted_p = sorted_p.masked_fill(mass_before >= top_p, 0.0)
-    kept = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
+    return sorted_p.masked_fill(mass_before >= top_p, 0.0)
+
+
+def top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Nucleus filtering of probs (B, V) in vocabulary order: the nucleus kept, renormalised."""
+    sorted_p, order = probs.sort(dim=-1, descending=True)
+    kept = torch.zeros_like(probs).scatter_(-1, order, nucleus(sorted_p, top_p))
     return kept / kept.sum(-1, keepdim=True)
 
 
@@ -67,7 +71,7 @@ def sample(logits: torch.Tensor, temperature: float = 1.0, top_p: float = 1.0, t
         probs, order = probs.topk(min(64, probs.shape[-1]), dim=-1)  # (B, K), descending
         if order.shape[-1] < logits.shape[-1] and (probs.sum(-1) < top_p).any():
             probs, order = logits.softmax(-1).sort(dim=-1, descending=True)
-        probs = probs.masked_fill(probs.cumsum(-1) - probs >= top_p, 0.0)  # drop tokens past the nucleus
+        probs = nucleus(probs, top_p)
     cdf = probs.double().cumsum(-1)  # (B, K or V)
     u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device, dtype=torch.float64) * cdf[:, -1:]
     last = (probs > 0).sum(-1, keepdim=True) - 1  # guards u rounding up to the total
