@@ -233,8 +233,7 @@ def seed_eft(n: int, seed: int) -> list[dict]:
 
 def graded_answers(n: int, seed: int) -> list[str]:
     """Plain-text graded answers for the toy M0's pretraining ("task: ... / <response>...</response> /
-    verdict"), the
-    toy's stand-in for the critiques a real base model has read: the paper's SFT baseline already judges
+    justification"), the toy's stand-in for the critiques a real base model has read: the paper's SFT baseline already judges
     at 65% pairwise accuracy before any EFT. No Fig. 2 prompt, no chat format, no held-out instruction.
     A few unrelated sentences sometimes sit between answer and verdict, so that restating (copying) is
     learned at a distance, as a judge behind the Fig. 2 text needs it."""
