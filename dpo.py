@@ -108,14 +108,19 @@ class TrainConfig:
 
 # ----------------------------------------------------------------------------- math (pure)
 
+def token_logps(logits, labels) -> torch.Tensor:
+    """log_softmax(logits)[label] in fp32 (bf16 over 100k+ words loses digits): logits (..., V), labels
+    (...). As x[y] - logsumexp(x): one reduction, without a second (..., V) tensor."""
+    logits = logits.float()
+    return torch.gather(logits, -1, labels.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+
+
 def sequence_logps(logits, labels, loss_mask, average: bool = False) -> torch.Tensor:
     """log p(response | prompt) per row: logits (B, T, V) at position t predict labels[:, t+1];
     loss_mask (B, T) marks the tokens to score (response tokens, never prompt or padding).
     Returns (B,) sums, or per-token means with average=True."""
-    logits = logits[:, :-1].float()  # (B, T-1, V) fp32: bf16 log-softmax over 100k+ words loses digits
     labels, mask = labels[:, 1:], loss_mask[:, 1:].float()  # (B, T-1)
-    # log_softmax(x)[y] = x[y] - logsumexp(x): one reduction, without a second (B, T-1, V) tensor
-    logps = torch.gather(logits, 2, labels.unsqueeze(2)).squeeze(2) - logits.logsumexp(-1)  # (B, T-1)
+    logps = token_logps(logits[:, :-1], labels)  # (B, T-1)
     total = (logps * mask).sum(-1)
     return total / mask.sum(-1).clamp(min=1) if average else total
 
@@ -278,6 +283,10 @@ class Batch(NamedTuple):
     n_real: int  # non-padding tokens, for tokens/s
 
 
+def _padded_len(T: int, pad_to: int, max_T: int | None) -> int:
+    return max(T, min(-(-T // pad_to) * pad_to, max_T or T))
+
+
 def collate(rows: list[dict], mode: str, pad_to: int = 1, max_T: int | None = None) -> Batch:
     """dpo: 2b rows, the b chosen sequences then the b rejected ones, for one concatenated forward.
     pad_to: round the length up to a multiple (at most max_T), so compiled kernels see few shapes."""
@@ -289,13 +298,55 @@ def collate(rows: list[dict], mode: str, pad_to: int = 1, max_T: int | None = No
         return Batch(torch.tensor([r["ids"] for r in rows]), mask, seq_ids, int((seq_ids >= 0).sum()))
     names = ("response_ids",) if mode == "sft" else ("chosen_ids", "rejected_ids")
     seqs = [(r["prompt_ids"], r[n]) for n in names for r in rows]
-    T = max(len(p) + len(x) for p, x in seqs)
-    T = max(T, min(-(-T // pad_to) * pad_to, max_T or T))
+    T = _padded_len(max(len(p) + len(x) for p, x in seqs), pad_to, max_T)
     tokens, mask = torch.zeros(len(seqs), T, dtype=torch.long), torch.zeros(len(seqs), T, dtype=torch.bool)
     for i, (p, x) in enumerate(seqs):
         tokens[i, :len(p) + len(x)] = torch.tensor(p + x, dtype=torch.long)
         mask[i, len(p):len(p) + len(x)] = True
     return Batch(tokens, mask, None, sum(len(p) + len(x) for p, x in seqs))
+
+
+class PackedPairs(NamedTuple):
+    """DPO pairs packed one per row as prompt | chosen | rejected, so the prompt runs once, not twice.
+    The rejected tokens see the prompt but not the chosen ones (model.dense_mask's `shared`), and take
+    RoPE positions that restart after the prompt: every token sees exactly what it sees in its own
+    unpacked sequence, so the log-probs are the same (tests/test_dpo.py)."""
+    tokens: torch.Tensor  # (b, T)
+    positions: torch.Tensor  # (b, T) RoPE positions
+    seq_ids: torch.Tensor  # (b, T) 0 = prompt and chosen, 1 = rejected, -1 = padding
+    shared: torch.Tensor  # (b,) prompt lengths: every later token of the row sees these slots
+    at: tuple  # (rows, cols) (N,) each: the positions whose next token is a response token
+    targets: torch.Tensor  # (N,) that next token
+    seq: torch.Tensor  # (N,) its sequence: pair i's chosen = i, its rejected = b + i
+    n_real: int  # tokens of the 2b unpacked sequences (what a concatenated forward runs), for tokens/s
+
+
+def collate_pairs(rows: list[dict], pad_to: int = 1, max_T: int | None = None) -> PackedPairs:
+    b = len(rows)
+    T = _padded_len(max(len(r["prompt_ids"]) + len(r["chosen_ids"]) + len(r["rejected_ids"]) for r in rows),
+                    pad_to, max_T)
+    tokens, positions = torch.zeros(b, T, dtype=torch.long), torch.zeros(b, T, dtype=torch.long)
+    seq_ids = torch.full((b, T), -1, dtype=torch.long)
+    shared, at_r, at_c, targets, seq, n_real = [], [], [], [], [], 0
+    for i, r in enumerate(rows):
+        p, c, j = r["prompt_ids"], r["chosen_ids"], r["rejected_ids"]
+        P, C, R = len(p), len(c), len(j)
+        if P == 0:
+            raise ValueError("collate_pairs: a pair with an empty prompt has no position to predict its first token")
+        tokens[i, :P + C + R] = torch.tensor(p + c + j, dtype=torch.long)
+        positions[i, :P + C + R] = torch.cat([torch.arange(P + C), torch.arange(P, P + R)])
+        seq_ids[i, :P + C], seq_ids[i, P + C:P + C + R] = 0, 1
+        shared.append(P)
+        # chosen token k is predicted at slot P-1+k; rejected token k at P-1 (the prompt's last
+        # token, shared with chosen) for k = 0, else at its own previous slot P+C+k-1
+        cols = list(range(P - 1, P + C - 1)) + ([P - 1] if R else []) + list(range(P + C, P + C + R - 1))
+        at_r += [i] * (C + R)
+        at_c += cols
+        targets += c + j
+        seq += [i] * C + [b + i] * R
+        n_real += 2 * P + C + R
+    return PackedPairs(tokens, positions, seq_ids, torch.tensor(shared), (torch.tensor(at_r), torch.tensor(at_c)),
+                       torch.tensor(targets, dtype=torch.long), torch.tensor(seq), n_real)
 
 
 @functools.lru_cache(maxsize=4)
@@ -403,15 +454,42 @@ def shared_prefix_len(tokens: torch.Tensor, loss_mask: torch.Tensor, min_len: in
     return L if L >= min_len else 0
 
 
-def forward_logits(model, tokens, seq_ids, loss_mask):
+def forward_logits(model, tokens, seq_ids, loss_mask, at=None):
     """(logits, L): logits of positions L.. only, where L is the shared prefix run once (model.forward's
     prefix_kv), or 0. Equal, values and gradients, to slicing the full forward (tests/test_model.py).
+    at: (rows, cols) of the full sequence: then only those positions' logits, (N, V).
     Under FSDP the plain forward is used: one forward per micro-batch keeps its hooks simple."""
     L = 0 if seq_ids is not None or isinstance(model, FSDPModule) else shared_prefix_len(tokens, loss_mask)
     if not L:
-        return model(tokens, seq_ids=seq_ids), 0
+        return model(tokens, seq_ids=seq_ids, logits_at=at), 0
     _, kv = model(tokens[:1, :L], return_kv=True, last_only=True)
-    return model(tokens[:, L:], start=L, prefix_kv=kv), L
+    return model(tokens[:, L:], start=L, prefix_kv=kv, logits_at=None if at is None else (at[0], at[1] - L)), L
+
+
+def batch_logps(model, rows: list[dict], mode: str, device, doc_mask: bool = True):
+    """Summed log-probs of the scored tokens of each sequence of a micro-batch, and their counts:
+    dpo -> (2b,) the b chosen then the b rejected (pairs packed, the prompt run once: collate_pairs);
+    sft/pretrain -> (b,) per row. The output layer runs only where a scored token is predicted.
+    doc_mask=False: packed pretraining documents attend across their boundaries (plain causal).
+    Returns (logps, counts, n_real) with n_real the real tokens, for tokens/s."""
+    if mode == "dpo":
+        p = collate_pairs(rows, *_pad_to(model, device))
+        with _autocast(device, model):
+            logits = model(p.tokens.to(device), positions=p.positions.to(device), seq_ids=p.seq_ids.to(device),
+                           shared=p.shared.to(device), logits_at=tuple(t.to(device) for t in p.at))  # (N, V)
+        seq, n_seq = p.seq.to(device), 2 * len(rows)
+        tok = token_logps(logits, p.targets.to(device))  # (N,)
+    else:
+        batch = collate(rows, mode, *_pad_to(model, device))
+        tokens, mask = batch.tokens.to(device), batch.loss_mask.to(device)
+        seq_ids = None if batch.seq_ids is None or not doc_mask else batch.seq_ids.to(device)
+        seq, cols = mask[:, 1:].nonzero(as_tuple=True)  # position cols predicts token cols + 1 of row seq
+        with _autocast(device, model):
+            logits, _ = forward_logits(model, tokens, seq_ids, mask, at=(seq, cols))  # (N, V)
+        n_seq = len(rows)
+        tok = token_logps(logits, tokens[seq, cols + 1])
+    logps = torch.zeros(n_seq, dtype=tok.dtype, device=device).index_add(0, seq, tok)
+    return logps, torch.bincount(seq, minlength=n_seq), (p if mode == "dpo" else batch).n_real
 
 
 @torch.no_grad()
@@ -431,11 +509,8 @@ def score_examples(model, rows: list[dict], mode: str, micro_batch_size: int = 8
     mine = [order[j] if j < n else order[0] for j in range(rank, per_rank * world, world)]  # (per_rank,)
     out = []
     for s in range(0, per_rank, micro_batch_size):
-        batch = collate([rows[i] for i in mine[s:s + micro_batch_size]], mode, *_pad_to(model, device))
-        tokens, mask = batch.tokens.to(device), batch.loss_mask.to(device)
-        with _autocast(device, model):
-            logits, L = forward_logits(model, tokens, None if batch.seq_ids is None else batch.seq_ids.to(device), mask)
-        logps, counts = sequence_logps(logits, tokens[:, L:], mask[:, L:]), mask[:, 1:].sum(-1).float()  # (rows,)
+        logps, counts, _ = batch_logps(model, [rows[i] for i in mine[s:s + micro_batch_size]], mode, device)
+        counts = counts.to(logps.dtype)  # (rows,)
         b = len(mine[s:s + micro_batch_size])
         cols = [logps[:b], logps[b:], counts[:b], counts[b:]] if mode == "dpo" else [logps, counts]
         out.append(torch.stack(cols, 1).double())
@@ -525,22 +600,17 @@ def micro_batches(rows: list[dict], mb: int, regroup: bool = False) -> list[list
 def _micro_step(model, rows, cfg, device, norm, ref_model):
     """Loss of one micro-batch, scaled so that the sum over micro-batches and the mean over ranks
     (FSDP averages gradients) is the global batch's mean. Returns (loss, metric sums, real tokens)."""
-    batch = collate(rows, cfg.mode, *_pad_to(model, device))
-    tokens, mask = batch.tokens.to(device), batch.loss_mask.to(device)
-    seq_ids = None if batch.seq_ids is None or not cfg.doc_mask else batch.seq_ids.to(device)
-    with _autocast(device, model):
-        logits, L = forward_logits(model, tokens, seq_ids, mask)  # (b or 2b, T - L, V)
+    logps, counts, n_real = batch_logps(model, rows, cfg.mode, device, cfg.doc_mask)  # dpo: (2b,) chosen, then rejected
     if cfg.mode != "dpo":
-        return sft_loss(logits, tokens[:, L:], mask[:, L:], n_tokens=norm), {}, batch.n_real
+        return -logps.sum() / norm, {}, n_real  # SFT/pretrain: mean over the global batch's tokens
     b = len(rows)
-    logps, counts = sequence_logps(logits, tokens[:, L:], mask[:, L:]), mask[:, 1:].sum(-1)  # (2b,): chosen, rejected
     if ref_model is not None:  # the reference held in memory (the alternative to precomputed values)
-        with torch.no_grad(), _autocast(device, ref_model):
-            ref = sequence_logps(ref_model(tokens, seq_ids=seq_ids), tokens, mask)
+        with torch.no_grad():
+            ref = batch_logps(ref_model, rows, "dpo", device)[0]
     else:
         ref = torch.tensor([r["ref_chosen"] for r in rows] + [r["ref_rejected"] for r in rows], device=device)
     loss, m = _dpo_terms(logps[:b], logps[b:], ref[:b], ref[b:], counts[:b], counts[b:], cfg)
-    return loss * b / norm, {k: float(v) * b for k, v in m.items()}, batch.n_real
+    return loss * b / norm, {k: float(v) * b for k, v in m.items()}, n_real
 
 
 def _refs(rows):

@@ -130,21 +130,28 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return out.flatten(-2).type_as(x)
 
 
-def dense_mask(q_start, q_len: int, kv_len: int, seq_ids: torch.Tensor | None, device) -> torch.Tensor:
+def dense_mask(q_start, q_len: int, kv_len: int, seq_ids: torch.Tensor | None, device,
+               shared: torch.Tensor | None = None) -> torch.Tensor:
     """Boolean (B or 1, 1, q_len, kv_len): query slot q sees key slot k if k <= q, both belong to
     the same sequence, and k is not padding (id -1). Every query also sees itself, so a padding
-    query has one key and never makes NaNs that could leak through 0 * NaN."""
+    query has one key and never makes NaNs that could leak through 0 * NaN.
+    shared: (B,) optional; in row b the first shared[b] slots are seen by every later query whatever
+    its id: a prompt shared by the sequences packed after it (a DPO pair: prompt, chosen, rejected)."""
     q = q_start + torch.arange(q_len, device=device)  # (T,)
     k = torch.arange(kv_len, device=device)  # (S,)
     allowed = k[None, :] <= q[:, None]  # (T, S)
     if seq_ids is not None:
         q_ids = seq_ids[:, q]  # (B, T)
-        allowed = allowed & (q_ids[:, :, None] == seq_ids[:, None, :]) & (seq_ids[:, None, :] >= 0)
+        same = (q_ids[:, :, None] == seq_ids[:, None, :]) & (seq_ids[:, None, :] >= 0)  # (B, T, S)
+        if shared is not None:
+            same = same | (k[None, None, :] < shared[:, None, None])
+        allowed = allowed & same
     allowed = allowed | (k[None, :] == q[:, None])
     return allowed[:, None] if allowed.dim() == 3 else allowed[None, None]
 
 
-def flex_block_mask(q_start: int, q_len: int, kv_len: int, seq_ids: torch.Tensor | None, device):
+def flex_block_mask(q_start: int, q_len: int, kv_len: int, seq_ids: torch.Tensor | None, device,
+                    shared: torch.Tensor | None = None):
     """The same rule as dense_mask, as a FlexAttention BlockMask (computed once per forward)."""
     if seq_ids is None:
         def mask_mod(b, h, q, k):
@@ -154,6 +161,8 @@ def flex_block_mask(q_start: int, q_len: int, kv_len: int, seq_ids: torch.Tensor
     def mask_mod(b, h, q, k):
         qs = q + q_start
         same = (seq_ids[b, qs] == seq_ids[b, k]) & (seq_ids[b, k] >= 0)
+        if shared is not None:
+            same = same | (k < shared[b])
         return ((k <= qs) & same) | (k == qs)
     return create_block_mask(mask_mod, seq_ids.shape[0], None, q_len, kv_len, device=device)
 
@@ -333,7 +342,7 @@ class Transformer(nn.Module):
         return n - self.tok_embeddings.weight.numel() if exclude_embeddings else n
 
     # -- forward
-    def _mask(self, q_start, q_len, kv_len, seq_ids, device, cached: bool):
+    def _mask(self, q_start, q_len, kv_len, seq_ids, device, cached: bool, shared=None):
         """FlexAttention (compiled, block-sparse, fused forward and backward) for full sequences: training
         and scoring. Generation with the KV cache uses SDPA on the dense mask instead: prompt lengths
         vary (each new flex shape would recompile) and the decode step must keep static shapes for
@@ -342,19 +351,23 @@ class Transformer(nn.Module):
         if impl == "auto":
             impl = "flex" if device.type == "cuda" else "sdpa"
         if impl == "flex" and not cached and isinstance(q_start, int):
-            return "flex", flex_block_mask(q_start, q_len, kv_len, seq_ids, device)
+            return "flex", flex_block_mask(q_start, q_len, kv_len, seq_ids, device, shared)
         if seq_ids is None and kv_len == q_len and isinstance(q_start, int) and q_start == 0:
             return "sdpa", None  # plain causal
-        return "sdpa", dense_mask(q_start, q_len, kv_len, seq_ids, device)
+        return "sdpa", dense_mask(q_start, q_len, kv_len, seq_ids, device, shared)
 
-    def forward(self, tokens, *, start=0, positions=None, seq_ids=None, last_only: bool = False,
-                prefix_kv=None, return_kv: bool = False):
+    def forward(self, tokens, *, start=0, positions=None, seq_ids=None, shared=None, last_only: bool = False,
+                logits_at=None, prefix_kv=None, return_kv: bool = False):
         """tokens (B, T) -> logits (B, T, vocab), or (B, 1, vocab) with last_only.
 
         start: the cache slot of tokens[:, 0] (an int, or a 0-dim tensor in the compiled decode).
         positions: (B, T) RoPE positions; default start + arange(T). Left-padded rows pass their own.
         seq_ids: (B, S) per key slot (S = T, or the cache length): -1 = padding, and tokens only
             see earlier tokens with the same id (packed documents). None = plain causal.
+        shared: (B,) with seq_ids: the first shared[b] slots of row b are seen by all later tokens of the
+            row (dense_mask): one prompt, then the sequences that continue it (a DPO pair, prompt once).
+        logits_at: (rows, cols) index tensors: logits (N, vocab) of those positions only. Training
+            scores response tokens alone, so the output layer (and its fp32 log-softmax) skips the rest.
         prefix_kv / return_kv: shared-prefix training. `logits, kv = model(prefix[None], return_kv=True)`
             runs a prefix that every row shares once; `model(rest, start=L, prefix_kv=kv)` then runs
             each row's own tokens against it. Gradients flow into both (the prefix's summed over rows),
@@ -367,7 +380,7 @@ class Transformer(nn.Module):
         if positions is None:
             positions = (start + torch.arange(T, device=tokens.device))[None]  # (1, T)
         cos, sin = self.rope_cos[positions], self.rope_sin[positions]  # (B or 1, T, hd/2)
-        mask = self._mask(start, T, kv_len, seq_ids, tokens.device, cached=cache is not None)
+        mask = self._mask(start, T, kv_len, seq_ids, tokens.device, cached=cache is not None, shared=shared)
         h = self.tok_embeddings(tokens)  # (B, T, dim)
         kvs = []
         for i, layer in enumerate(self.layers):
@@ -375,6 +388,8 @@ class Transformer(nn.Module):
             kvs.append(kv)
         if last_only:
             h = h[:, -1:]
+        elif logits_at is not None:
+            h = h[logits_at]  # (N, dim)
         logits = self.output(self.norm(h))
         return (logits, kvs) if return_kv else logits
 

@@ -232,6 +232,50 @@ def test_dpo_sgd_step_raises_chosen_over_rejected():
     assert (chosen - rejected > before).all()
 
 
+def _grads(m):
+    return {n: p.grad.clone() for n, p in m.named_parameters()}
+
+
+def test_packed_pairs_equal_separate_sequences_values_and_gradients():
+    # The trainer packs each pair as prompt | chosen | rejected (prompt once, output layer only where a
+    # response token is predicted); it must give the log-probs and gradients of the plain concatenated
+    # forward of 2b separate sequences, scored by sequence_logps over the full logits.
+    tok, m = ByteTok(), tiny_model(seed=3, dropout=0.0)
+    rows = dpo.tokenize(dpo_data(5), tok, "dpo", 64)
+    rows[1]["rejected_ids"] = rows[1]["rejected_ids"][:1]  # a one-token response, predicted from the prompt alone
+    w = torch.randn(10)  # an arbitrary weighting, so each sequence's gradient counts
+    b = dpo.collate(rows, "dpo")
+    want = dpo.sequence_logps(m(b.tokens), b.tokens, b.loss_mask)  # (10,)
+    (want * w).sum().backward()
+    want_g = _grads(m)
+    m.zero_grad()
+    got, counts, n_real = dpo.batch_logps(m, rows, "dpo", torch.device("cpu"))
+    assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
+    assert counts.tolist() == b.loss_mask[:, 1:].sum(-1).tolist() and n_real == b.n_real
+    (got * w).sum().backward()
+    for n, p in m.named_parameters():
+        assert torch.allclose(p.grad, want_g[n], atol=1e-5), n
+
+
+def test_sft_scored_positions_equal_full_logits_with_shared_prefix():
+    # SFT rows sharing a long prefix (as EFT rows share the Fig. 2 prompt) run it once, and the output
+    # layer runs only where a response token is predicted: same log-probs and gradients as the full forward.
+    tok, m = ByteTok(), tiny_model(seed=4, dropout=0.0)
+    head = "x" * 40
+    rows = dpo.tokenize([{"prompt": head + str(i), "response": "r" * (i + 1)} for i in range(4)], tok, "sft", 128)
+    b = dpo.collate(rows, "sft")
+    assert dpo.shared_prefix_len(b.tokens, b.loss_mask) > 32  # the shared-prefix path is taken
+    want = dpo.sequence_logps(m(b.tokens), b.tokens, b.loss_mask)
+    want.sum().backward()
+    want_g = _grads(m)
+    m.zero_grad()
+    got, counts, _ = dpo.batch_logps(m, rows, "sft", torch.device("cpu"))
+    assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
+    got.sum().backward()
+    for n, p in m.named_parameters():
+        assert torch.allclose(p.grad, want_g[n], atol=1e-5), n
+
+
 def test_precomputed_reference_equals_frozen_copy():
     tok, m = ByteTok(), tiny_model(seed=3)
     frozen = copy.deepcopy(m).eval()

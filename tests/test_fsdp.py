@@ -4,7 +4,9 @@ Tolerance: the two runs add the same fp32 numbers in different orders (per-rank 
 then a reduce-scatter, against one sum of 4 micro-batches), so gradients differ by a few ulps (~1e-7
 relative). Adam normalises the update, so such differences stay ~1e-6 relative after a few steps; 1e-4
 on losses is far above that and far below what any real bug (a wrong shard, a missing rank's data, a
-mis-scaled loss: >= 1e-2 here) would produce.
+mis-scaled loss: >= 1e-2 here) would produce. Weights get an absolute 1e-4 besides: where a gradient
+element nearly cancels, its few-ulp difference is a large relative one, and Adam's first steps move
+each weight by up to lr (1e-2) whatever the gradient's size; 1e-4 is 1% of one such step.
 """
 import json
 
@@ -63,7 +65,7 @@ def test_fsdp_two_ranks_match_one_process(tmp_path):
     assert got["sft"] == pytest.approx([x["loss"] for x in h] + [h[-1]["eval_loss"]], rel=TOL)
     sharded, _ = load_model(f"{tmp}/fsdp_sft")  # the final checkpoint, gathered to rank 0
     for k, v in one.state_dict().items():
-        torch.testing.assert_close(sharded.state_dict()[k], v, atol=1e-5, rtol=TOL)
+        torch.testing.assert_close(sharded.state_dict()[k], v, atol=1e-4, rtol=TOL)
 
     one, _ = load_model(f"{tmp}/m0")
     h = dpo.train(one, dpo_data(), dpo_cfg(), tokenizer=tok)

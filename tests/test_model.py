@@ -106,6 +106,20 @@ def test_dense_mask_hand_written():
     assert m[1].tolist() == [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [0, 0, 1, 0, 0], [0, 0, 1, 1, 0], [0, 0, 1, 1, 1]]
 
 
+def test_dense_mask_shared_prompt_hand_written():
+    # One DPO pair packed as prompt (2) | chosen (2) | rejected (2), then a padding slot: the rejected
+    # tokens see the prompt and themselves, never the chosen ones; padding sees only itself (and the prompt).
+    ids = torch.tensor([[0, 0, 0, 0, 1, 1, -1]])
+    m = M.dense_mask(0, 7, 7, ids, "cpu", shared=torch.tensor([2]))[0, 0].int()
+    assert m.tolist() == [[1, 0, 0, 0, 0, 0, 0],
+                          [1, 1, 0, 0, 0, 0, 0],
+                          [1, 1, 1, 0, 0, 0, 0],
+                          [1, 1, 1, 1, 0, 0, 0],
+                          [1, 1, 0, 0, 1, 0, 0],
+                          [1, 1, 0, 0, 1, 1, 0],
+                          [1, 1, 0, 0, 0, 0, 1]]
+
+
 # ----------------------------------------------------------------------------- attention paths
 
 def _masks(B, T):
@@ -116,21 +130,25 @@ def _masks(B, T):
     docs[:, 9:20] = 1
     docs[:, 20:] = 2
     docs[-1, -4:] = -1  # trailing padding too
-    return {"causal": None, "padding": left_pad, "document": docs}
+    pairs = torch.full((B, T), -1)  # DPO pairs packed as prompt | chosen | rejected, prompts of 5, 8, 11
+    for b in range(B):
+        pairs[b, :5 + 3 * b + 12], pairs[b, 5 + 3 * b + 12:5 + 3 * b + 22] = 0, 1
+    return {"causal": None, "padding": left_pad, "document": docs, "shared-prompt": pairs}
 
 
-@pytest.mark.parametrize("kind", ["causal", "padding", "document"])
+@pytest.mark.parametrize("kind", ["causal", "padding", "document", "shared-prompt"])
 def test_flex_equals_sdpa_forward(kind):
     torch.manual_seed(0)
     m = tiny()
     B, T = 3, 37
     tokens = torch.randint(0, m.args.vocab_size, (B, T))
     seq_ids = _masks(B, T)[kind]
+    shared = torch.tensor([5, 8, 11]) if kind == "shared-prompt" else None
     with torch.no_grad():
         m.attn_impl = "sdpa"
-        ref = m(tokens, seq_ids=seq_ids)
+        ref = m(tokens, seq_ids=seq_ids, shared=shared)
         m.attn_impl = "flex"
-        out = m(tokens, seq_ids=seq_ids)
+        out = m(tokens, seq_ids=seq_ids, shared=shared)
     assert torch.allclose(out, ref, atol=2e-5), (out - ref).abs().max()
 
 
