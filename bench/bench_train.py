@@ -109,6 +109,7 @@ def main():
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=3, help="alternate ours and HF this many times; medians reported")
     p.add_argument("--device", default="cpu")
     p.add_argument("--compile", action="store_true", help="torch.compile each TransformerBlock (ours only)")
     p.add_argument("--hf-python", default="/work/hfvenv/bin/python")
@@ -121,17 +122,25 @@ def main():
         return memory_child(a.memory_child, a.presets, a.pairs, a.seq, 2, a.device)
 
     print(f"torch {torch.__version__}, device {a.device}, {torch.get_num_threads()} threads; "
-          f"DPO step on {a.pairs} pairs x {a.seq} tokens ({2 * a.pairs} rows), median of {a.steps} steps")
+          f"DPO step on {a.pairs} pairs x {a.seq} tokens ({2 * a.pairs} rows), median of {a.steps} steps, "
+          f"{a.rounds} alternating rounds of ours and HF (median round reported)")
+    hf = not a.no_hf and os.path.exists(a.hf_python)
     results = {}
     for name in a.presets.split(","):
         t0 = time.time()
-        r = {"ours": bench_ours(name, a.pairs, a.seq, a.steps, a.warmup, a.device, a.compile)}
+        ours, peer = [], []
+        for _ in range(a.rounds):  # alternating, so a slower spell of the machine hits both alike
+            ours.append(bench_ours(name, a.pairs, a.seq, a.steps, a.warmup, a.device, a.compile))
+            if hf:
+                peer.append(bench_hf(name, a.pairs, a.seq, a.steps, a.warmup, a.hf_python))
+        pick = lambda runs: sorted(runs, key=lambda x: x["tokens_per_s"])[len(runs) // 2]  # noqa: E731
+        r = {"ours": pick(ours), "ours_rounds": [x["tokens_per_s"] for x in ours]}
         line = f"{name:>14}: ours {r['ours']['tokens_per_s']:9,.0f} tok/s ({r['ours']['n_params'] / 1e6:.1f}M params)"
         if a.device.startswith("cuda"):
             r["mfu"] = r["ours"]["tokens_per_s"] * r["ours"]["flops_per_token"] / (a.peak_tflops * 1e12)
             line += f" | MFU {100 * r['mfu']:.1f}% of {a.peak_tflops:g} TFLOPS"
-        if not a.no_hf and os.path.exists(a.hf_python):
-            r["hf"] = bench_hf(name, a.pairs, a.seq, a.steps, a.warmup, a.hf_python)
+        if hf:
+            r["hf"], r["hf_rounds"] = pick(peer), [x["tokens_per_s"] for x in peer]
             r["ratio"] = r["ours"]["tokens_per_s"] / r["hf"]["tokens_per_s"]
             line += f" | HF {r['hf']['tokens_per_s']:9,.0f} tok/s | ours/HF {r['ratio']:.2f}x"
         if not a.no_memory:
