@@ -1,8 +1,11 @@
 """Benchmark DPO training with dpo.py: a script, not a test.
 
-1. Throughput: tokens/s of dpo.train (one concatenated forward of chosen + rejected, fp32 log-softmax,
-   backward, clipping, AdamW) against HF LlamaForCausalLM doing the same step on the same config and
-   batch (bench/hf_train_peer.py, run in a subprocess with the throwaway /work/hfvenv interpreter).
+1. Throughput: tokens/s of dpo.train (each pair packed as prompt | chosen | rejected, so the prompt runs
+   once; the output layer and its fp32 log-softmax only where a response token is predicted; backward,
+   clipping, AdamW) against HF LlamaForCausalLM doing the plain step on the same config and batch (one
+   concatenated forward of the chosen and rejected rows: bench/hf_train_peer.py, run in a subprocess with
+   the throwaway /work/hfvenv interpreter). Both count the tokens of the 2 x pairs full sequences, the
+   prompt once per sequence, so tokens/s is pairs per second x 2 x seq on either side.
 2. Peak memory of DPO with precomputed reference log-probs against the reference model held in memory,
    each in a fresh subprocess: peak RSS (VmHWM) on CPU, torch.cuda.max_memory_allocated on GPU.
 3. On CUDA: MFU for the llama-124m preset with bf16 autocast (nanoGPT's estimate: 6N + 12 L d T flops
