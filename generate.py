@@ -165,10 +165,15 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, *, num_sample
     logits = model(tokens[:, L:], start=L, positions=positions[:, L:P], seq_ids=seq_ids, last_only=True)[:, -1]
     if num_samples > 1:  # each prompt's cache row, logits and mask, repeated for its samples
         caches = [(layer.attention.cache.k, layer.attention.cache.v) for layer in model.layers]
-        model.setup_cache(B * num_samples, S)
-        for layer, (k, v) in zip(model.layers, caches):
-            layer.attention.cache.k.copy_(k.repeat_interleave(num_samples, 0))
-            layer.attention.cache.v.copy_(v.repeat_interleave(num_samples, 0))
+        if device.type == "cuda":  # into the reusable buffers, whose addresses CUDA graphs captured
+            model.setup_cache(B * num_samples, S)
+            for layer, (k, v) in zip(model.layers, caches):
+                layer.attention.cache.k.copy_(k.repeat_interleave(num_samples, 0))
+                layer.attention.cache.v.copy_(v.repeat_interleave(num_samples, 0))
+        else:  # the repeated tensors become the cache: no zero-filled allocation and copy (a third of
+            for layer, (k, v) in zip(model.layers, caches):  # the toy judge's time went there)
+                layer.attention.cache.k = k.repeat_interleave(num_samples, 0)
+                layer.attention.cache.v = v.repeat_interleave(num_samples, 0)
         del caches
         logits, seq_ids, positions = (t.repeat_interleave(num_samples, 0) for t in (logits, seq_ids, positions))
         B = B * num_samples
