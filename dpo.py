@@ -54,7 +54,8 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      set_optimizer_state_dict)
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
-from model import PRESETS, Transformer, build_from_state_dict, load_model, preset, save_checkpoint
+from model import (PRESETS, Transformer, atomic_write, atomic_write_text, build_from_state_dict, load_model,
+                   preset, save_checkpoint)
 
 # Per-mode defaults. SFT and DPO are the paper's (Sec. 4.1: SFT 5.5e-6 cosine to 1.1e-6, DPO 1e-6 to
 # 1e-7, batch 16, dropout 0.1; it names no shape for DPO's decay, we use linear). Pretraining is ours.
@@ -211,24 +212,11 @@ def load_jsonl(path: str, mode: str) -> list[dict]:
     return rows
 
 
-def _atomic(path: str, write):
-    tmp = f"{path}.tmp{os.getpid()}"
-    write(tmp)
-    os.replace(tmp, path)  # readers see the old file or the new one, never half of one
-
-
-def _write_text(path: str, text: str):
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-    _atomic(path, write)
-
-
 def save_jsonl(path: str, rows: list[dict]):
     """Write examples (text fields and ref log-probs; token ids are dropped) atomically."""
     text = "".join(json.dumps({k: v for k, v in r.items() if not k.endswith("_ids") and k != "n_targets"},
                               ensure_ascii=False) + "\n" for r in rows)
-    _write_text(path, text)
+    atomic_write_text(path, text)
 
 
 def truncate(prompt: list[int], responses: list[list[int]], max_len: int):
@@ -622,7 +610,7 @@ def _save_state(path, model, opt, step, history, cfg, rows, eval_rows):
     if rank_world()[0] == 0:  # the reference log-probs came from the initial weights: keep them too
         state = {"model": model_sd, "optim": opt_sd, "step": step, "history": history, "config": asdict(cfg),
                  "n_examples": len(rows), "refs": _refs(rows), "eval_refs": _refs(eval_rows)}
-        _atomic(path, lambda tmp: torch.save(state, tmp))
+        atomic_write(path, lambda tmp: torch.save(state, tmp))
     if dist.is_initialized():
         dist.barrier()
 
@@ -760,7 +748,7 @@ def train(model, examples: list[dict], cfg: TrainConfig, tokenizer=None, eval_ex
     if cfg.out and last == cfg.steps:
         save_final(model, cfg.out, tokenizer)
         if rank == 0:
-            _write_text(os.path.join(cfg.out, "history.json"), json.dumps(history, indent=1))
+            atomic_write_text(os.path.join(cfg.out, "history.json"), json.dumps(history, indent=1))
     return history
 
 
