@@ -276,7 +276,8 @@ def _padded_len(T: int, pad_to: int, max_T: int | None) -> int:
 
 
 def collate(rows: list[dict], mode: str, pad_to: int = 1, max_T: int | None = None) -> Batch:
-    """dpo: 2b rows, the b chosen sequences then the b rejected ones, for one concatenated forward.
+    """dpo: 2b rows, the b chosen sequences then the b rejected ones, unpacked (the trainer packs pairs
+    with collate_pairs instead; this layout is the plain reference the tests compare it with).
     pad_to: round the length up to a multiple (at most max_T), so compiled kernels see few shapes."""
     if mode == "pretrain":
         seq_ids = torch.tensor([r["seq_ids"] for r in rows])  # (b, T)
@@ -465,7 +466,7 @@ def batch_logps(model, rows: list[dict], mode: str, device, doc_mask: bool = Tru
         with _autocast(device, model):
             logits = model(p.tokens.to(device), positions=p.positions.to(device), seq_ids=p.seq_ids.to(device),
                            shared=p.shared.to(device), logits_at=tuple(t.to(device) for t in p.at))  # (N, V)
-        seq, n_seq = p.seq.to(device), 2 * len(rows)
+        seq, n_seq, n_real = p.seq.to(device), 2 * len(rows), p.n_real
         tok = token_logps(logits, p.targets.to(device))  # (N,)
     else:
         batch = collate(rows, mode, *_pad_to(model, device))
@@ -474,10 +475,10 @@ def batch_logps(model, rows: list[dict], mode: str, device, doc_mask: bool = Tru
         seq, cols = mask[:, 1:].nonzero(as_tuple=True)  # position cols predicts token cols + 1 of row seq
         with _autocast(device, model):
             logits, _ = forward_logits(model, tokens, seq_ids, mask, at=(seq, cols))  # (N, V)
-        n_seq = len(rows)
+        n_seq, n_real = len(rows), batch.n_real
         tok = token_logps(logits, tokens[seq, cols + 1])
     logps = torch.zeros(n_seq, dtype=tok.dtype, device=device).index_add(0, seq, tok)
-    return logps, torch.bincount(seq, minlength=n_seq), (p if mode == "dpo" else batch).n_real
+    return logps, torch.bincount(seq, minlength=n_seq), n_real
 
 
 @torch.no_grad()
@@ -775,7 +776,7 @@ def main(argv=None):
     p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the checkpoint's)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--compile", action="store_true", help="torch.compile each block (one process only): fuses "
-                   "RMSNorm, RoPE and SwiGLU; 1.4x on the toy preset on CPU (bench/bench_train.py)")
+                   "RMSNorm, RoPE and SwiGLU; on the 2-core CPU it measured no faster than eager (bench/bench_train.py --compile)")
     for f in fields(TrainConfig):  # one flag per TrainConfig field: --micro-batch-size etc.
         if f.name in ("mode", "out"):
             continue
