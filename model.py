@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, fields
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.weak
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 
@@ -171,6 +172,55 @@ def flex_block_mask(q_start: int, q_len: int, kv_len: int, seq_ids: torch.Tensor
 _compiled_flex = torch.compile(flex_attention, dynamic=False)
 
 
+# ----------------------------------------------------------------------------- CPU decode kernels
+
+# torch's fp32 F.linear on CPU calls MKL, whose kernels on the AMD EPYC we measured stream the weights
+# at about half the speed they can be read (bench/roofline.py). Decoding is nothing but streaming the
+# weights, so the compiled CPU decode step (generate.py) takes two other kernels, chosen per call:
+#   - one row (batch 1): the matrix-vector product written as (x * W).sum(-1), which inductor turns
+#     into one vectorised loop that reads each weight once;
+#   - more rows: oneDNN's linear, on a copy of the weight reordered once into oneDNN's blocked layout.
+# Eager code, training and other devices keep F.linear.
+_HAS_ONEDNN = torch.backends.mkldnn.is_available()
+_onednn_weights = torch.utils.weak.WeakIdKeyDictionary()  # weight -> (its _version when packed, packed copy)
+
+
+def _onednn_packed(weight: torch.Tensor) -> torch.Tensor:
+    """The oneDNN-packed copy of weight, made again whenever weight has changed in place (an optimiser
+    step or load_state_dict bumps _version). It costs the weight's memory again, as long as weight lives."""
+    entry = _onednn_weights.get(weight)
+    if entry is None or entry[0] != weight._version:
+        entry = (weight._version, torch.ops.mkldnn._reorder_linear_weight(weight.detach()))
+        _onednn_weights[weight] = entry
+    return entry[1]
+
+
+@torch.library.custom_op("srlm::onednn_linear", mutates_args=())
+def onednn_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x @ weight.T by oneDNN (CPU, fp32, no autograd). A custom op, so inductor calls it as one
+    opaque kernel and the packed weight never enters the compiled graph."""
+    return torch.ops.mkldnn._linear_pointwise(x, _onednn_packed(weight), None, "none", [], "")
+
+
+@onednn_linear.register_fake
+def _(x, weight):
+    return x.new_empty(*x.shape[:-1], weight.shape[0])
+
+
+class Linear(nn.Linear):
+    """nn.Linear that takes the CPU decode kernels above inside a compiled no-grad CPU fp32
+    graph, and is F.linear everywhere else."""
+
+    def forward(self, x):
+        w = self.weight
+        if (torch.compiler.is_compiling() and self.bias is None and x.device.type == "cpu"
+                and x.dtype == w.dtype == torch.float32 and not torch.is_grad_enabled() and _HAS_ONEDNN):
+            if x.numel() == x.shape[-1]:  # a single row: matrix-vector
+                return (x.unsqueeze(-2) * w).sum(-1)
+            return onednn_linear(x, w)
+        return F.linear(x, w, self.bias)
+
+
 # ----------------------------------------------------------------------------- modules
 
 class RMSNorm(nn.Module):
@@ -204,10 +254,10 @@ class Attention(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
-        self.wq = nn.Linear(args.dim, args.n_heads * self.head_dim, bias=False)
-        self.wk = nn.Linear(args.dim, args.n_kv_heads * self.head_dim, bias=False)
-        self.wv = nn.Linear(args.dim, args.n_kv_heads * self.head_dim, bias=False)
-        self.wo = nn.Linear(args.n_heads * self.head_dim, args.dim, bias=False)
+        self.wq = Linear(args.dim, args.n_heads * self.head_dim, bias=False)
+        self.wk = Linear(args.dim, args.n_kv_heads * self.head_dim, bias=False)
+        self.wv = Linear(args.dim, args.n_kv_heads * self.head_dim, bias=False)
+        self.wo = Linear(args.n_heads * self.head_dim, args.dim, bias=False)
         self.cache: KVCache | None = None
 
     def forward(self, x, cos, sin, mask, start, past=None):
@@ -238,9 +288,9 @@ class Attention(nn.Module):
 class FeedForward(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
-        self.w1 = nn.Linear(args.dim, args.hidden_dim, bias=False)  # gate
-        self.w2 = nn.Linear(args.hidden_dim, args.dim, bias=False)  # down
-        self.w3 = nn.Linear(args.dim, args.hidden_dim, bias=False)  # up
+        self.w1 = Linear(args.dim, args.hidden_dim, bias=False)  # gate
+        self.w2 = Linear(args.hidden_dim, args.dim, bias=False)  # down
+        self.w3 = Linear(args.dim, args.hidden_dim, bias=False)  # up
 
     def forward(self, x):
         return self.w2(F.silu(self.w1(x)) * self.w3(x))  # SwiGLU
@@ -271,7 +321,7 @@ class Transformer(nn.Module):
         self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
         self.layers = nn.ModuleList(TransformerBlock(args) for _ in range(args.n_layers))
         self.norm = RMSNorm(args.dim, args.norm_eps)
-        self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
+        self.output = Linear(args.dim, args.vocab_size, bias=False)
         if args.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
         self.register_buffer("rope_cos", torch.empty(0), persistent=False)

@@ -182,6 +182,32 @@ def test_kv_cache_decoding_equals_full_forward(chunks):
     assert torch.allclose(torch.cat(outs, 1), full, atol=2e-5)
 
 
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs oneDNN")
+@pytest.mark.parametrize("rows", [1, 5])
+def test_compiled_cpu_linear_takes_its_kernel_and_equals_f_linear(rows):
+    """Compiled, no grad, CPU fp32: one row is a fused multiply-sum (no matmul call in the generated
+    code), more rows call srlm::onednn_linear; both equal F.linear. After an in-place update of the
+    weight (what an optimiser step does) the oneDNN copy is packed again, not reused stale."""
+    from torch._inductor.utils import run_and_get_code
+    torch.manual_seed(0)
+    lin = M.Linear(48, 40, bias=False)
+    x = torch.randn(rows, 1, 48)
+    f = torch.compile(lin, dynamic=False)
+    with torch.no_grad():
+        y, code = run_and_get_code(f, x)
+        code = "\n".join(code)
+        assert torch.allclose(y, torch.nn.functional.linear(x, lin.weight), atol=1e-5)
+        if rows == 1:
+            assert "onednn_linear" not in code and "extern_kernels.mm" not in code
+        else:
+            assert "onednn_linear" in code
+        lin.weight.mul_(-2)
+        assert torch.allclose(f(x), -2 * y, atol=1e-5)
+    y_grad = f(x)  # with grad: plain F.linear, differentiable
+    y_grad.sum().backward()
+    assert torch.allclose(lin.weight.grad, x.sum((0, 1)).expand(40, 48))
+
+
 def test_gradients_flow_through_sdpa_path():
     m = tiny().train()
     tokens = torch.randint(0, 512, (2, 16))
