@@ -776,7 +776,9 @@ def main(argv=None):
     p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the checkpoint's)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--compile", action="store_true", help="torch.compile each block (one process only): fuses "
-                   "RMSNorm, RoPE and SwiGLU; on the 2-core CPU it measured no faster than eager (bench/bench_train.py --compile)")
+                   "RMSNorm, RoPE and SwiGLU. On the 2-core CPU (bench/bench_train.py --compile) it pays off where small "
+                   "ops dominate (toy, short fixed-length steps) and not where matmuls do (smollm2-135m), nor on the "
+                   "toy loop's SFT, whose varying lengths recompile")
     for f in fields(TrainConfig):  # one flag per TrainConfig field: --micro-batch-size etc.
         if f.name in ("mode", "out"):
             continue
