@@ -182,17 +182,19 @@ _compiled_flex = torch.compile(flex_attention, dynamic=False)
 #   - more rows: oneDNN's linear, on a copy of the weight reordered once into oneDNN's blocked layout.
 # Eager code, training and other devices keep F.linear.
 _HAS_ONEDNN = torch.backends.mkldnn.is_available()
-_onednn_weights = torch.utils.weak.WeakIdKeyDictionary()  # weight -> (its _version when packed, packed copy)
+_onednn_weights = torch.utils.weak.WeakIdKeyDictionary()  # weight -> (source, its _version then, packed copy)
 
 
 def _onednn_packed(weight: torch.Tensor) -> torch.Tensor:
-    """The oneDNN-packed copy of weight, made again whenever weight has changed in place (an optimiser
-    step or load_state_dict bumps _version). It costs the weight's memory again, as long as weight lives."""
+    """The oneDNN-packed copy of weight, made again whenever weight has changed: in place (an optimiser
+    step or load_state_dict bumps _version) or by a new .data (a new storage; the entry holds the old
+    one, so its address cannot be reused meanwhile). It costs the weight's memory again while weight lives."""
     entry = _onednn_weights.get(weight)
-    if entry is None or entry[0] != weight._version:
-        entry = (weight._version, torch.ops.mkldnn._reorder_linear_weight(weight.detach()))
+    if entry is None or entry[0].data_ptr() != weight.data_ptr() or entry[1] != weight._version:
+        source = weight.detach()
+        entry = (source, source._version, torch.ops.mkldnn._reorder_linear_weight(source))
         _onednn_weights[weight] = entry
-    return entry[1]
+    return entry[2]
 
 
 @torch.library.custom_op("srlm::onednn_linear", mutates_args=())

@@ -187,7 +187,7 @@ def test_kv_cache_decoding_equals_full_forward(chunks):
 def test_compiled_cpu_linear_takes_its_kernel_and_equals_f_linear(rows):
     """Compiled, no grad, CPU fp32: one row is a fused multiply-sum (no matmul call in the generated
     code), more rows call srlm::onednn_linear; both equal F.linear. After an in-place update of the
-    weight (what an optimiser step does) the oneDNN copy is packed again, not reused stale."""
+    weight (what an optimiser step does), or a new .data, the oneDNN copy is packed again, not reused stale."""
     from torch._inductor.utils import run_and_get_code
     torch.manual_seed(0)
     lin = M.Linear(48, 40, bias=False)
@@ -203,6 +203,9 @@ def test_compiled_cpu_linear_takes_its_kernel_and_equals_f_linear(rows):
             assert "onednn_linear" in code
         lin.weight.mul_(-2)
         assert torch.allclose(f(x), -2 * y, atol=1e-5)
+        fresh = torch.randn(40, 48)  # a new .data: version 0 again, new storage
+        lin.weight.data = fresh
+        assert torch.allclose(f(x), torch.nn.functional.linear(x, fresh), atol=1e-5)
     y_grad = f(x)  # with grad: plain F.linear, differentiable
     y_grad.sum().backward()
     assert torch.allclose(lin.weight.grad, x.sum((0, 1)).expand(40, 48))
