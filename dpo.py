@@ -639,6 +639,14 @@ def _fmt(s: float) -> str:
     return f"{int(s // 3600)}h{int(s % 3600 // 60):02d}m" if s >= 3600 else f"{int(s // 60)}m{int(s % 60):02d}s"
 
 
+def seed_dropout(seed: int, device: torch.device):
+    """Seed the generator that dropout draws from on `device`. (torch.manual_seed also queues a seed, with
+    a stack trace, for every accelerator backend: a millisecond a step, 3% of a toy step.)"""
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        torch.cuda.manual_seed(seed)  # the current device, the one this rank trains on
+
+
 def train(model, examples: list[dict], cfg: TrainConfig, tokenizer=None, eval_examples=None, ref_model=None):
     """Train `model` in place (mode pretrain | sft | dpo) and return the history, one dict per step.
     DPO pairs without ref_chosen/ref_rejected get them from `model` before its first update (it is
@@ -659,8 +667,10 @@ def train(model, examples: list[dict], cfg: TrainConfig, tokenizer=None, eval_ex
     accum = B // (mb * world)
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]  # RMSNorm gains
+    # foreach: one call over all tensors per Adam op, where torch's CPU default loops over the tensors in
+    # Python. The same numbers bit for bit (checked on the toy's SFT with dropout and weight decay).
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=ADAM_BETAS)
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=ADAM_BETAS, foreach=True)
     state_path = os.path.join(cfg.out, "train_state.pt") if cfg.out else None
     start, history = 0, []
     if cfg.resume and state_path and os.path.exists(state_path):
@@ -690,7 +700,7 @@ def train(model, examples: list[dict], cfg: TrainConfig, tokenizer=None, eval_ex
                 if cfg.stop_after and step >= cfg.stop_after:
                     break
                 t_step = time.time()
-                torch.manual_seed(cfg.seed * 1_000_003 + step * 1_009 + rank)  # dropout masks: f(seed, step, rank)
+                seed_dropout(cfg.seed * 1_000_003 + step * 1_009 + rank, device)  # masks: f(seed, step, rank)
                 idx = batch_indices(len(rows), B, step, cfg.seed)
                 # Micro-batches of similar length (sorted within the rank's share) waste little padding;
                 # the summed gradient does not depend on how the global batch is cut.

@@ -414,3 +414,17 @@ def test_micro_batches_keep_every_row_once_and_group_shared_prompts():
     chunks = dpo.micro_batches(rows, 4, regroup=True)
     shared = [c for c in chunks if c[0]["prompt_ids"][:40] == head]
     assert all(all(r["prompt_ids"][:40] == head for r in c) for c in shared) and sum(map(len, shared)) == 7
+
+
+def test_seed_dropout_draws_the_masks_torch_manual_seed_would():
+    """train() seeds dropout per step with seed_dropout (the CPU generator only, on CPU): the masks must
+    be those torch.manual_seed gives, so resumed and earlier runs keep their numbers."""
+    x = torch.ones(1000)
+    torch.manual_seed(123)
+    expected = torch.nn.functional.dropout(x, 0.1)
+    torch.manual_seed(7)  # move the generator elsewhere first
+    torch.nn.functional.dropout(x, 0.1)
+    dpo.seed_dropout(123, torch.device("cpu"))
+    assert torch.equal(torch.nn.functional.dropout(x, 0.1), expected)
+    dpo.seed_dropout(124, torch.device("cpu"))
+    assert not torch.equal(torch.nn.functional.dropout(x, 0.1), expected)
