@@ -175,7 +175,7 @@ _compiled_flex = torch.compile(flex_attention, dynamic=False)
 # ----------------------------------------------------------------------------- CPU decode kernels
 
 # torch's fp32 F.linear on CPU calls MKL, whose kernels on the AMD EPYC we measured stream the weights
-# at about half the speed they can be read (bench/roofline.py). Decoding is nothing but streaming the
+# at a third of the speed they can be read (bench/roofline.py: 12.2 vs 36.8 GB/s). Decoding is nothing but streaming the
 # weights, so the compiled CPU decode step (generate.py) takes two other kernels, chosen per call:
 #   - one row (batch 1): the matrix-vector product written as (x * W).sum(-1), which inductor turns
 #     into one vectorised loop that reads each weight once;
