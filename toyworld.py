@@ -22,6 +22,7 @@ pretraining or tokenizer text. Seed IFT responses break each check at random (me
 model that learns to check can end up better than its teachers.
 """
 import hashlib
+import os
 import random
 import re
 from functools import lru_cache
@@ -323,7 +324,8 @@ def tokenizer_corpus(seed: int = 0) -> str:
 
 
 TOY_VOCAB = 1280  # BPE ranks; the corpus supports at most ~1293 before every word is one token
-TOKENIZER_PATH = "assets/toy.tiktoken"
+# Resolved from this file, so `python <repo>/loop.py` works from any folder.
+TOKENIZER_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "toy.tiktoken")
 
 
 def train_tokenizer(path: str = TOKENIZER_PATH, vocab_size: int = TOY_VOCAB, seed: int = 0) -> None:

@@ -61,8 +61,11 @@ def _run(run_dir, extra=(), ranks=1):
     launch = [sys.executable] if ranks == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                                   f"--nproc_per_node={ranks}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"} if ranks > 1 else None
+    # Started from another folder than the repo's, as `python <repo>/loop.py` would be: every asset must be
+    # found from the code's own folder.
     return subprocess.Popen([*launch, os.path.join(ROOT, "loop.py"), "--run-dir", str(run_dir), *TINY, *extra],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+                            cwd=os.path.dirname(run_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env)
 
 
 def _final(run_dir):
