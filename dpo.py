@@ -14,7 +14,7 @@ Public API (loop.py uses these):
     sft_loss(logits, labels, loss_mask, n_tokens=None) -> scalar
     lr_at(step, steps, lr, min_lr, warmup=0, schedule="cosine") -> float
     load_jsonl(path, mode) / save_jsonl(path, rows); tokenize(examples, tokenizer, mode, max_len)
-    compute_reference_logps(model, pairs, tokenizer=None, max_len=1024, micro_batch_size=8) -> pairs
+    compute_reference_logps(model, pairs, tokenizer=None, max_len=None, micro_batch_size=8) -> pairs
     TrainConfig(mode="pretrain"|"sft"|"dpo", ...); train(model, examples, cfg, tokenizer=None,
         eval_examples=None, ref_model=None) -> history (one dict per step)
     load_for_training(ckpt, device) -> (model, tokenizer): plain, or FSDP2-sharded under torchrun
@@ -80,7 +80,8 @@ class TrainConfig:
     weight_decay: float | None = None  # only on tensors with >= 2 dims (matrices, embeddings)
     dropout: float | None = None  # p of every nn.Dropout while training (restored afterwards)
     grad_clip: float = 1.0  # max global grad norm; 0 = off
-    max_len: int = 1024  # tokens per sequence (pretrain: row length); capped at model max_seq_len
+    max_len: int | None = None  # tokens per sequence (pretrain: row length); None = the model's max_seq_len,
+    # the same default as compute_reference_logps, so reference and policy see identically truncated pairs
     beta: float = 0.1  # DPO temperature (the paper's 0.1)
     label_smoothing: float = 0.0  # conservative DPO: assumed probability that a label is flipped
     ipo: bool = False  # IPO loss instead of DPO's (on per-token average log-probs, as TRL)
@@ -103,7 +104,7 @@ class TrainConfig:
         if self.schedule not in ("cosine", "linear", "constant"):
             raise ValueError(f"TrainConfig.schedule={self.schedule!r}: choose cosine, linear or constant")
         for k in ("steps", "batch_size", "micro_batch_size", "max_len"):
-            if getattr(self, k) <= 0:
+            if getattr(self, k) is not None and getattr(self, k) <= 0:
                 raise ValueError(f"TrainConfig.{k}={getattr(self, k)} must be positive")
 
 
@@ -516,11 +517,18 @@ def score_examples(model, rows: list[dict], mode: str, micro_batch_size: int = 8
     return result
 
 
-def compute_reference_logps(model, pairs: list[dict], tokenizer=None, max_len: int = 1024,
+def train_max_len(model, max_len: int | None) -> int:
+    """Tokens per sequence: max_len capped at the model's context, or the whole context if None. The one
+    rule for reference scoring and training, so a long pair is truncated identically in both."""
+    return model.args.max_seq_len if max_len is None else min(max_len, model.args.max_seq_len)
+
+
+def compute_reference_logps(model, pairs: list[dict], tokenizer=None, max_len: int | None = None,
                             micro_batch_size: int = 8) -> list[dict]:
     """Sec. 3.3: the reference of DPO on AIFT(M_t) is M_t itself. Score every pair once with the frozen
-    M_t (eval mode, no grad) and store ref_chosen / ref_rejected in the (tokenized) pairs, returned."""
-    pairs = tokenize(pairs, tokenizer, "dpo", max_len)
+    M_t (eval mode, no grad) and store ref_chosen / ref_rejected in the (tokenized) pairs, returned.
+    Train on the returned pairs (their token ids), or with the same max_len."""
+    pairs = tokenize(pairs, tokenizer, "dpo", train_max_len(model, max_len))
     t0 = time.time()
     scores = score_examples(model, pairs, "dpo", micro_batch_size)
     for p, (c, r) in zip(pairs, scores[:, :2].tolist()):
@@ -658,7 +666,7 @@ def train(model, examples: list[dict], cfg: TrainConfig, tokenizer=None, eval_ex
         raise ValueError("train: params say tie_embeddings but output.weight is not tok_embeddings.weight "
                          "(to_empty() unties them); save_checkpoint would drop the trained output. Re-tie first.")
     device = next(model.parameters()).device
-    max_len = min(cfg.max_len, model.args.max_seq_len)
+    max_len = train_max_len(model, cfg.max_len)
     rows = _prepare(examples, cfg, tokenizer, max_len)
     eval_rows = _prepare(eval_examples, cfg, tokenizer, max_len) if eval_examples else None
     B, mb = cfg.batch_size, cfg.micro_batch_size
@@ -776,6 +784,9 @@ def save_final(model, out: str, tokenizer=None):
 
 # ----------------------------------------------------------------------------- CLI
 
+NONE_MEANS = {"max_len": "the model's max_seq_len"}  # what a None default of a TrainConfig field means
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description="Pretrain / SFT / DPO a Transformer (torchrun for FSDP2).")
     p.add_argument("--mode", required=True, choices=sorted(MODE_DEFAULTS))
@@ -798,7 +809,7 @@ def main(argv=None):
         else:
             kind = next(t for t in getattr(kind, "__args__", (kind,)) if t is not type(None))  # float | None -> float
             p.add_argument(flag, type=kind, default=None,
-                           help=f"default: {'per mode, see MODE_DEFAULTS' if f.default is None else f.default}")
+                           help=f"default: {NONE_MEANS.get(f.name, 'per mode, see MODE_DEFAULTS') if f.default is None else f.default}")
     a = p.parse_args(argv)
     given = {f.name: getattr(a, f.name) for f in fields(TrainConfig) if f.name not in ("mode", "out")}
     cfg = TrainConfig(mode=a.mode, out=a.out, **{k: v for k, v in given.items() if v is not None})
@@ -821,7 +832,7 @@ def main(argv=None):
     examples = load_jsonl(a.data, cfg.mode)
     evals = load_jsonl(a.eval_data, cfg.mode) if a.eval_data else None
     if cfg.mode == "dpo" and any(REF_FIELDS[0] not in ex for ex in examples):
-        examples = compute_reference_logps(model, examples, tok, min(cfg.max_len, model.args.max_seq_len),
+        examples = compute_reference_logps(model, examples, tok, cfg.max_len,
                                            cfg.micro_batch_size)
         if rank_world()[0] == 0:
             os.makedirs(a.out, exist_ok=True)

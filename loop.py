@@ -357,12 +357,17 @@ def evaluate(model, tok, cfg: Config, name: str, data: dict, m1_responses=None, 
 
 # ----------------------------------------------------------------------------- the loop
 
+# What DPO trains on: the text, the token ids the reference scored (so truncation cannot differ), the refs.
+DPO_FIELDS = ("prompt", "chosen", "rejected", "prompt_ids", "chosen_ids", "rejected_ids", "ref_chosen", "ref_rejected")
+
+
 def aift_iteration(model, tok, cfg: Config, t: int, data: dict, earlier_prompts: list[str], prompt_model):
     """AIFT(M_t): self-instruction -> candidates -> judgments -> pairs -> DPO => M_{t+1}."""
     d = os.path.join(cfg.run_dir, f"iter{t}")
     os.makedirs(d, exist_ok=True)
     seed = cfg.seed * 1000 + t * 100
     mt = f"M{t}"
+    max_len = model.args.max_seq_len  # one truncation rule for the reference log-probs and DPO
     log(f"== AIFT({mt}) -> M{t + 1}")
 
     def make_prompts():
@@ -396,12 +401,12 @@ def aift_iteration(model, tok, cfg: Config, t: int, data: dict, earlier_prompts:
         write_json(os.path.join(d, "pair_stats.json"), stats)
         log(f"pairs: {stats}")
         # Reference log-probs of M_t, computed once and stored with the pairs (Section 2.3: the reference
-        # model is M_t); the policy then trains without a second model in memory.
-        return dpo.compute_reference_logps(model, pairs, tokenizer=tok)
+        # model is M_t); the policy then trains without a second model in memory, on the same token ids.
+        return dpo.compute_reference_logps(model, pairs, tokenizer=tok, max_len=max_len)
     pairs = stage(os.path.join(d, "pairs.jsonl"), make_pairs)
     pair_stats = json.load(open(os.path.join(d, "pair_stats.json"), encoding="utf-8"))
 
-    examples = [{k: p[k] for k in ("prompt", "chosen", "rejected", "ref_chosen", "ref_rejected")} for p in pairs]
+    examples = [{k: p[k] for k in DPO_FIELDS} for p in pairs]
     if not examples:  # nothing to learn from: say so loudly and carry M_t over unchanged
         log(f"WARNING: AIFT({mt}) built no preference pairs; M{t + 1} = {mt}")
         out = os.path.join(cfg.run_dir, f"M{t + 1}")
@@ -412,7 +417,7 @@ def aift_iteration(model, tok, cfg: Config, t: int, data: dict, earlier_prompts:
     world = dpo.rank_world()[1]  # the global batch stays cfg.dpo_batch; each rank takes its share
     train_cfg = dpo.TrainConfig(mode="dpo", steps=steps, batch_size=cfg.dpo_batch, micro_batch_size=cfg.dpo_batch // world,
                                 lr=cfg.dpo_lr, min_lr=cfg.dpo_min_lr, beta=cfg.beta, rpo_alpha=cfg.rpo_alpha,
-                                seed=seed + 4, log_every=max(steps // 5, 1), max_len=model.args.max_seq_len)
+                                seed=seed + 4, log_every=max(steps // 5, 1), max_len=max_len)
     new_model = train_stage(cfg, f"M{t + 1}", model, examples, train_cfg, tok)
     return new_model, [p["prompt"] for p in prompts], pair_stats, pairs
 

@@ -428,3 +428,23 @@ def test_seed_dropout_draws_the_masks_torch_manual_seed_would():
     assert torch.equal(torch.nn.functional.dropout(x, 0.1), expected)
     dpo.seed_dropout(124, torch.device("cpu"))
     assert not torch.equal(torch.nn.functional.dropout(x, 0.1), expected)
+
+
+@pytest.mark.parametrize("keep_ids", [False, True], ids=["text", "token_ids"])
+def test_long_pair_truncates_identically_for_reference_and_policy(keep_ids):
+    """A pair longer than the model's context: the reference log-probs (compute_reference_logps, default
+    max_len) and the DPO trainer (TrainConfig, default max_len) must cut it the same way, whether the
+    trainer gets the text back or the scored token ids (as loop.py passes them). Then before any update
+    the policy equals the reference: both implicit rewards are 0 at the first step."""
+    tok, m = ByteTok(), tiny_model(seed=6, max_seq_len=64)
+    pairs = [{"prompt": "long question " * 6, "chosen": "a long good answer " * 3, "rejected": "no " * 9},
+             {"prompt": "short", "chosen": "yes " * 20, "rejected": "no"}]
+    assert all(len(tok.encode_chat_prompt(p["prompt"]) + tok.encode_chat_response(p["chosen"])) > 64 for p in pairs)
+    scored = dpo.compute_reference_logps(m, pairs, tok)
+    assert all(len(p["prompt_ids"]) + max(len(p["chosen_ids"]), len(p["rejected_ids"])) <= 64 for p in scored)
+    fields = dpo.REF_FIELDS + (("prompt_ids", "chosen_ids", "rejected_ids") if keep_ids else ())
+    examples = [{k: p[k] for k in ("prompt", "chosen", "rejected", *fields)} for p in scored]
+    cfg = dpo.TrainConfig(mode="dpo", steps=1, batch_size=2, micro_batch_size=2, lr=0.0, min_lr=0.0, dropout=0.0)
+    h = dpo.train(m, examples, cfg, tokenizer=tok)
+    assert h[0]["chosen_reward"] == pytest.approx(0.0, abs=1e-6)
+    assert h[0]["rejected_reward"] == pytest.approx(0.0, abs=1e-6)
