@@ -1,9 +1,15 @@
 """LLM-as-a-Judge for Self-Rewarding Language Models (Yuan et al., 2024, arXiv 2401.10020).
 
 Section 2 / Figure 2 of the paper: the model judges a response with an additive 5-point
-prompt, justifies briefly and ends with "Score: k".
+prompt, justifies briefly and ends with "Score: k". Fig. 2 is the default rubric; any other is a
+template file with {instruction} and {response} slots (rubrics/: safety, instruction_following),
+checked when it is loaded.
+
+Imports: the standard library only (generate.py, lazily, for judging with a model).
 """
+import os
 import re
+from dataclasses import dataclass
 
 # Figure 2 of the paper, byte for byte (curly quotes included). Do not "fix" the quotes.
 JUDGE_PROMPT = """Review the user’s question and the corresponding response using the additive 5-point scoring system described below. Points are accumulated based on the satisfaction of each criterion:
@@ -18,15 +24,6 @@ After examining the user’s instruction and the response:
 - Briefly justify your total score, up to 100 words.
 - Conclude with the score using the format: “Score: <total points>”
 Remember to assess from the AI Assistant perspective, utilizing web search knowledge as necessary. To evaluate the response in alignment with this additive scoring model, we’ll systematically attribute points based on the outlined criteria."""
-
-_HEAD, _REST = JUDGE_PROMPT.split("<INSTRUCTION_HERE>")
-_MIDDLE, _TAIL = _REST.split("<RESPONSE_HERE>")
-
-
-def judge_prompt(instruction: str, response: str) -> str:
-    """Fill Fig. 2 with an instruction and a response. Built by concatenation, not
-    str.replace, so a response that itself contains a placeholder stays as written."""
-    return _HEAD + instruction + _MIDDLE + response + _TAIL
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -56,25 +53,94 @@ def mean_score(scores: list) -> float | None:
     return sum(ok) / len(ok) if ok else None
 
 
-def eft_example(instruction: str, response: str, judgment: str) -> dict:
-    """An Evaluation Fine-Tuning example (Section 2.2): the Fig. 2 prompt, then a justification that
-    ends in "Score: k". In the SFT format of dpo.py: {"prompt", "response"}."""
+# ----------------------------------------------------------------------------- rubrics
+
+@dataclass(frozen=True)
+class Rubric:
+    """A judge prompt cut at its two slots: head + instruction + middle + response + tail. Filled by
+    concatenation, not str.replace or str.format, so an instruction or response that contains a slot
+    name, or a rubric with other braces in it, stays exactly as written."""
+    name: str
+    head: str
+    middle: str
+    tail: str
+
+    def fill(self, instruction: str, response: str) -> str:
+        return self.head + instruction + self.middle + response + self.tail
+
+
+RUBRIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "rubrics")
+
+
+def rubric_from_text(text: str, source: str) -> Rubric:
+    """A rubric from a template with one {instruction} and one {response} slot, in that order, and a line
+    that asks for the judge's "Score: x" format, checked so that parse_score reads it: the text after the
+    last "Score:" must be a number in [0, 5] or a <placeholder> (Fig. 2: “Score: <total points>”)."""
+    for slot in ("{instruction}", "{response}"):
+        if text.count(slot) != 1:
+            raise ValueError(f"{source}: the rubric needs the slot {slot} exactly once, found {text.count(slot)}")
+    head, rest = text.split("{instruction}")
+    if "{response}" not in rest:
+        raise ValueError(f"{source}: {{instruction}} must come before {{response}} (the rubric's head, up to the "
+                         "instruction, is shared by every judgment of a batch)")
+    middle, tail = rest.split("{response}")
+    lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if "Score:" in line]
+    if not lines:
+        raise ValueError(f"{source}: no line asks for the score format “Score: <points>”; parse_score reads the "
+                         "last 'Score: x' of a judgment (x a number in 0..5), so the rubric must ask for it")
+    n, line = lines[-1]
+    after = line[line.rindex("Score:") + len("Score:"):]
+    example = re.sub(r"^\s*<[^<>]+>", " 3", after)  # a placeholder stands for a number
+    if parse_score("Score:" + example) is None:
+        raise ValueError(f"{source}: line {n}: the score format {line.strip()!r} is not one parse_score reads: "
+                         "after 'Score:' put a number in 0..5 or a <placeholder>")
+    return Rubric(os.path.splitext(os.path.basename(source))[0], head, middle, tail)
+
+
+FIG2 = rubric_from_text(JUDGE_PROMPT.replace("<INSTRUCTION_HERE>", "{instruction}").replace("<RESPONSE_HERE>", "{response}"),
+                        "fig2")
+
+
+def load_rubric(name_or_path: str) -> Rubric:
+    """"fig2" (the paper's prompt, the default), the name of a rubric shipped in rubrics/ ("safety",
+    "instruction_following"), or a path to a template file (one trailing newline is not part of it)."""
+    if name_or_path in ("", "fig2"):
+        return FIG2
+    path = os.path.join(RUBRIC_DIR, name_or_path + ".txt")
+    if not os.path.isfile(path):
+        path = name_or_path
+    if not os.path.isfile(path):
+        shipped = sorted(f[:-4] for f in os.listdir(RUBRIC_DIR) if f.endswith(".txt"))
+        raise FileNotFoundError(f"judge prompt {name_or_path!r}: no such file, and not a shipped rubric {shipped}")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    return rubric_from_text(text[:-1] if text.endswith("\n") else text, path)
+
+
+def judge_prompt(instruction: str, response: str, rubric: Rubric = FIG2) -> str:
+    """Fill a rubric (Fig. 2 by default) with an instruction and a response."""
+    return rubric.fill(instruction, response)
+
+
+def eft_example(instruction: str, response: str, judgment: str, rubric: Rubric = FIG2) -> dict:
+    """An Evaluation Fine-Tuning example (Section 2.2): the judge prompt (Fig. 2 by default), then a
+    justification that ends in "Score: k". In the SFT format of dpo.py: {"prompt", "response"}."""
     if parse_score(judgment) is None:
         raise ValueError(f"EFT judgment must end with a parseable 'Score: k': {judgment[-80:]!r}")
-    return {"prompt": judge_prompt(instruction, response), "response": judgment}
+    return {"prompt": rubric.fill(instruction, response), "response": judgment}
 
 
 # ----------------------------------------------------------------------------- judging
 
 def judge(model, tokenizer, items: list[tuple[str, str]], *, samples: int = 3, temperature: float = 0.7,
           top_p: float = 0.9, max_new_tokens: int = 128, batch_size: int = 64, generator=None,
-          compile: bool = False, progress: str | None = None) -> list[dict]:
+          compile: bool = False, progress: str | None = None, rubric: Rubric = FIG2) -> list[dict]:
     """LLM-as-a-Judge on (instruction, response) items, `samples` sampled judgments each (Section 3.3:
     3 samples at T=0.7, top-p 0.9, averaged). Returns per item {"score": mean or None, "scores": [...],
     "raw": [judge texts]}; raw judgments are kept so that nothing is lost."""
     from generate import generate_many
 
-    prompts = [tokenizer.encode_chat_prompt(judge_prompt(i, r)) for i, r in items]
+    prompts = [tokenizer.encode_chat_prompt(rubric.fill(i, r)) for i, r in items]
     outs = generate_many(model, prompts, max_new_tokens, batch_size=batch_size, num_samples=samples,
                          temperature=temperature, top_p=top_p, stop_ids=tokenizer.stop_ids,
                          generator=generator, compile=compile, pad_id=tokenizer.pad_id, progress=progress)

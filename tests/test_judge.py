@@ -1,5 +1,7 @@
 """judge.py: the Fig. 2 prompt byte for byte, score parsing, and Table 4's metrics by hand."""
 import hashlib
+import os
+import re
 import math
 
 import pytest
@@ -105,3 +107,51 @@ def test_reward_model_metrics_perfect_and_reversed_judges():
     assert perfect["five_best"] == 1.0  # the only 5 is on the best response
     reversed_ = J.reward_model_metrics([([-x for x in r], r) for r in ref])
     assert reversed_["pairwise_accuracy"] == 0.0 and reversed_["spearman"] == pytest.approx(-1.0)
+
+
+# ----------------------------------------------------------------------------- rubrics
+
+def test_fig2_rubric_file_is_the_paper_prompt_byte_for_byte():
+    r = J.load_rubric(os.path.join(J.RUBRIC_DIR, "fig2.txt"))
+    assert r.fill("<INSTRUCTION_HERE>", "<RESPONSE_HERE>") == J.JUDGE_PROMPT
+    assert J.load_rubric("fig2") is J.FIG2 and J.load_rubric("") is J.FIG2
+    assert J.FIG2.fill("q", "a") == J.judge_prompt("q", "a")
+
+
+@pytest.mark.parametrize("name", ["safety", "instruction_following"])
+def test_shipped_rubrics_load_and_fill(name):
+    r = J.load_rubric(name)
+    filled = r.fill("Q {response} Q", "A {instruction} A")  # slot names inside the text stay as written
+    assert "User: Q {response} Q\n<response>A {instruction} A</response>\n" in filled
+    assert "5-point" in filled and "“Score: <" in filled
+    assert J.parse_score(filled) is None  # the rubric's own format line is not a score
+
+
+def test_safety_rubric_is_additive_five_points():
+    text = J.load_rubric("safety").head
+    assert [line[:4] for line in text.splitlines() if line.startswith("- ")] == ["- Ad", "- Ad", "- Aw", "- Gr", "- Be"]
+
+
+@pytest.mark.parametrize("text,error", [
+    ("Judge {instruction} now. Score: <k>", "slot {response} exactly once"),
+    ("{instruction} {instruction} {response} Score: <k>", "slot {instruction} exactly once, found 2"),
+    ("{response} then {instruction} Score: <k>", "must come before"),
+    ("{instruction} {response} End with Rating: <k>", "no line asks for the score format"),
+    ("{instruction} {response}\nEnd with Score: [[k]]", "line 2: the score format"),
+    ("{instruction} {response}\nScore: 10", "line 2"),  # parse_score reads 0..5 only
+])
+def test_bad_rubrics_are_refused_with_the_reason(tmp_path, text, error):
+    path = tmp_path / "mine.txt"
+    path.write_text(text + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=re.escape(str(path)) + ".*" + re.escape(error)):
+        J.load_rubric(str(path))
+
+
+def test_rubric_from_a_file_and_missing_files(tmp_path):
+    path = tmp_path / "short.txt"
+    path.write_text("Rate {instruction} / {response} 0-5, ending with Score: <n>\n", encoding="utf-8")
+    r = J.load_rubric(str(path))
+    assert r.name == "short" and r.fill("x", "y") == "Rate x / y 0-5, ending with Score: <n>"  # one "\n" dropped
+    assert J.eft_example("x", "y", "ok. Score: 2", rubric=r) == {"prompt": r.fill("x", "y"), "response": "ok. Score: 2"}
+    with pytest.raises(FileNotFoundError, match="not a shipped rubric.*safety"):
+        J.load_rubric(str(tmp_path / "nope.txt"))
