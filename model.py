@@ -40,25 +40,31 @@ class ModelArgs:
     max_seq_len: int = 2048
     tie_embeddings: bool = False
     dropout: float = 0.0  # on residual branches; the paper fine-tunes with 0.1
+    # Explicit widths, as Hugging Face's head_dim and intermediate_size; None derives them by Meta's
+    # rules in __post_init__ (so a params.json without them still loads, and asdict() records them).
+    head_dim: int | None = None
+    hidden_dim: int | None = None
+    qkv_bias: bool = False  # Qwen2: biases on the q/k/v projections
+    # Llama 3.1 RoPE scaling (used when use_scaled_rope); Meta's constants as defaults, Llama 3.2 uses 32.
+    rope_scaling_factor: float = 8.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_seq_len: int = 8192
 
     def __post_init__(self):
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
-        if self.dim % self.n_heads or self.n_heads % self.n_kv_heads:
+        if (self.head_dim is None and self.dim % self.n_heads) or self.n_heads % self.n_kv_heads:
             raise ValueError(f"dim={self.dim}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}: "
                              "dim must divide by n_heads and n_heads by n_kv_heads")
-
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.n_heads
-
-    @property
-    def hidden_dim(self) -> int:
-        # Meta's rule: 2/3 of 4*dim, times the optional multiplier, rounded up to multiple_of.
-        hidden = int(2 * (4 * self.dim) / 3)
-        if self.ffn_dim_multiplier is not None:
-            hidden = int(self.ffn_dim_multiplier * hidden)
-        return self.multiple_of * ((hidden + self.multiple_of - 1) // self.multiple_of)
+        if self.head_dim is None:
+            self.head_dim = self.dim // self.n_heads
+        if self.hidden_dim is None:
+            # Meta's rule: 2/3 of 4*dim, times the optional multiplier, rounded up to multiple_of.
+            hidden = int(2 * (4 * self.dim) / 3)
+            if self.ffn_dim_multiplier is not None:
+                hidden = int(self.ffn_dim_multiplier * hidden)
+            self.hidden_dim = self.multiple_of * ((hidden + self.multiple_of - 1) // self.multiple_of)
 
     @classmethod
     def from_params(cls, params: dict, source: str = "params.json") -> "ModelArgs":
@@ -82,7 +88,7 @@ PRESETS = {
                          norm_eps=1e-5, rope_theta=100000.0, max_seq_len=8192, tie_embeddings=True),
     "llama3.2-1b": dict(dim=2048, n_layers=16, n_heads=32, n_kv_heads=8, vocab_size=128256,
                         ffn_dim_multiplier=1.5, multiple_of=256, rope_theta=500000.0, use_scaled_rope=True,
-                        max_seq_len=8192, tie_embeddings=True),
+                        rope_scaling_factor=32.0, max_seq_len=8192, tie_embeddings=True),  # HF config: factor 32
     "llama3.1-8b": dict(dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, vocab_size=128256,
                         ffn_dim_multiplier=1.3, multiple_of=1024, rope_theta=500000.0, use_scaled_rope=True,
                         max_seq_len=8192),
@@ -107,11 +113,11 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).type_as(x) * weight
 
 
-def rope_frequencies(head_dim: int, theta: float, use_scaled: bool = False) -> torch.Tensor:
+def rope_frequencies(head_dim: int, theta: float, use_scaled: bool = False, factor: float = 8.0,
+                     low_freq_factor: float = 1.0, high_freq_factor: float = 4.0, old_context: int = 8192):
     """Rotation speed of each of the head_dim/2 interleaved pairs; Llama 3.1 slows the low ones."""
     freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
-    if use_scaled:  # Llama 3.1: scale factor 8 below low_freq, smooth blend between, untouched above
-        factor, low_freq_factor, high_freq_factor, old_context = 8.0, 1.0, 4.0, 8192
+    if use_scaled:  # Llama 3.1: divide by factor below low_freq, smooth blend between, untouched above
         wavelen = 2 * math.pi / freqs
         low_wavelen, high_wavelen = old_context / low_freq_factor, old_context / high_freq_factor
         smooth = (old_context / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
@@ -256,9 +262,9 @@ class Attention(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
-        self.wq = Linear(args.dim, args.n_heads * self.head_dim, bias=False)
-        self.wk = Linear(args.dim, args.n_kv_heads * self.head_dim, bias=False)
-        self.wv = Linear(args.dim, args.n_kv_heads * self.head_dim, bias=False)
+        self.wq = Linear(args.dim, args.n_heads * self.head_dim, bias=args.qkv_bias)
+        self.wk = Linear(args.dim, args.n_kv_heads * self.head_dim, bias=args.qkv_bias)
+        self.wv = Linear(args.dim, args.n_kv_heads * self.head_dim, bias=args.qkv_bias)
         self.wo = Linear(args.n_heads * self.head_dim, args.dim, bias=False)
         self.cache: KVCache | None = None
 
@@ -338,7 +344,9 @@ class Transformer(nn.Module):
         if device.type == "meta":
             self.rope_cos, self.rope_sin = torch.empty(shape, device=device), torch.empty(shape, device=device)
             return
-        freqs = rope_frequencies(self.args.head_dim, self.args.rope_theta, self.args.use_scaled_rope)
+        a = self.args
+        freqs = rope_frequencies(a.head_dim, a.rope_theta, a.use_scaled_rope, a.rope_scaling_factor,
+                                 a.rope_low_freq_factor, a.rope_high_freq_factor, a.rope_original_max_seq_len)
         angles = torch.outer(torch.arange(self.args.max_seq_len, dtype=torch.float32), freqs)  # (S, hd/2)
         self.rope_cos, self.rope_sin = angles.cos().to(device), angles.sin().to(device)
 
@@ -356,7 +364,9 @@ class Transformer(nn.Module):
         gen = torch.Generator(device=self.tok_embeddings.weight.device)
         gen.manual_seed(0 if seed is None else seed)
         for name, p in self.named_parameters():
-            if p.dim() == 1:
+            if name.endswith(".bias"):
+                p.zero_()
+            elif p.dim() == 1:
                 p.fill_(1.0)  # RMSNorm gains
             else:
                 # Residual projections start small so the stream's variance does not grow with depth.
@@ -581,24 +591,20 @@ def load_gguf(path: str, device="cpu", dtype=torch.float32):
             _, i, kind, _ = t.name.split(".")
             state[f"layers.{i}.{_GGUF_NAMES[kind]}.weight"] = w
     n_heads = int(field("llama.attention.head_count"))
+    key_length = field("llama.attention.key_length")
     args = ModelArgs(
         dim=int(field("llama.embedding_length")), n_layers=int(field("llama.block_count")), n_heads=n_heads,
         n_kv_heads=int(field("llama.attention.head_count_kv", n_heads)),
         vocab_size=state["tok_embeddings.weight"].shape[0], norm_eps=float(field("llama.attention.layer_norm_rms_epsilon")),
         rope_theta=float(field("llama.rope.freq_base", 10000.0)),
-        max_seq_len=int(field("llama.context_length", 2048)), tie_embeddings="output.weight" not in state)
-    hidden = int(field("llama.feed_forward_length"))
-    # GGUF gives the FFN size directly; pick a multiple_of for which Meta's rule reproduces it.
-    for args.multiple_of in (256, 128, 64, hidden):
-        if args.hidden_dim == hidden:
-            break
-    else:
-        raise ValueError(f"{path}: feed_forward_length {hidden} is not reachable by Meta's FFN rule")
+        max_seq_len=int(field("llama.context_length", 2048)), tie_embeddings="output.weight" not in state,
+        hidden_dim=int(field("llama.feed_forward_length")), head_dim=None if key_length is None else int(key_length))
     return build_from_state_dict(args, state, path, device, dtype)
 
 
 def load_model(path: str, device="cpu", dtype=torch.float32, seed: int = 0):
-    """A preset name (random init), a .gguf file, or a Meta-layout directory -> (model, tokenizer or None)."""
+    """A preset name (random init), a .gguf file, a Meta-layout directory or a Hugging Face folder
+    (config.json + model.safetensors[.index.json]) -> (model, tokenizer or None)."""
     if path in PRESETS:
         with torch.device("meta"):
             model = Transformer(preset(path))
@@ -609,8 +615,15 @@ def load_model(path: str, device="cpu", dtype=torch.float32, seed: int = 0):
         from tokenizer import Tokenizer
         return load_gguf(path, device, dtype), Tokenizer.from_gguf(path)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"no checkpoint at {path!r} (expected a preset name, a .gguf file or a "
-                                f"directory with params.json); presets: {sorted(PRESETS)}")
+        raise FileNotFoundError(f"no checkpoint at {path!r} (expected a preset name, a .gguf file, a directory "
+                                f"with params.json or a Hugging Face folder); presets: {sorted(PRESETS)}")
+    if not os.path.exists(os.path.join(path, "params.json")) and os.path.exists(os.path.join(path, "config.json")):
+        import hf  # Hugging Face folders: the reader lives beside the model, not inside it
+        model = hf.load_hf(path, device, dtype)
+        if not os.path.exists(os.path.join(path, "tokenizer.json")):
+            return model, None
+        from tokenizer import Tokenizer
+        return model, Tokenizer.from_hf_dir(path)
     model = load_meta_checkpoint(path, device, dtype)
     if not os.path.exists(os.path.join(path, "tokenizer.model")):
         return model, None
