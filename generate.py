@@ -24,6 +24,8 @@ import torch.distributed as dist
 from model import load_model
 
 MIN_SHARED_PREFIX = 32  # tokens; below this, prefilling the prefix once is not worth a second pass
+# What generate_many has done so far (all ranks): the loop reads it to report each stage's generation speed.
+STATS = {"new_tokens": 0, "seconds": 0.0}
 
 
 def smollm2_gguf_path() -> str:
@@ -50,14 +52,38 @@ def top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     return kept / kept.sum(-1, keepdim=True)
 
 
+def pick(p: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF draw: p (B, K) unnormalised weights, u (B, 1) uniform in [0, 1) -> column (B, 1). One
+    number per row, where torch.multinomial draws one per vocabulary entry."""
+    cdf = p.double().cumsum(-1)  # (B, K)
+    last = (p > 0).sum(-1, keepdim=True) - 1  # guards u * total rounding up to the total
+    return torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp(max=last)
+
+
+def sample_top_p(probs: torch.Tensor, top_p: float, u: torch.Tensor) -> torch.Tensor:
+    """Nucleus sampling as llama3's sample_top_p: sort descending, keep the nucleus, draw, map back to ids."""
+    sorted_p, order = probs.sort(dim=-1, descending=True)
+    return order.gather(-1, pick(nucleus(sorted_p, top_p), u)).squeeze(-1)
+
+
+def sample_top_p_fast(probs: torch.Tensor, top_p: float, u: torch.Tensor, k: int = 64) -> torch.Tensor:
+    """sample_top_p, the same token for the same u (tests/test_generate.py), without sorting the whole
+    vocabulary where it can be avoided: a row whose k most likely tokens already hold top_p has its
+    nucleus inside them, so a topk replaces the sort; only the other rows (flat distributions) are sorted."""
+    if k >= probs.shape[-1]:
+        return sample_top_p(probs, top_p, u)
+    top, order = probs.topk(k, dim=-1)  # (B, k), descending
+    wide = top.sum(-1) < top_p  # (B,) rows whose nucleus may reach past the k-th token
+    ids = order.gather(-1, pick(nucleus(top, top_p), u)).squeeze(-1)
+    if wide.any():
+        ids[wide] = sample_top_p(probs[wide], top_p, u[wide])
+    return ids
+
+
 def sample(logits: torch.Tensor, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
            generator: torch.Generator | None = None) -> torch.Tensor:
-    """logits (B, V) -> token ids (B,). temperature 0 is greedy.
-
-    Exact nucleus sampling, made cheap for big batches: the nucleus lies inside the 64 most likely
-    tokens whenever their mass reaches top_p (almost always at T=0.7), so a topk replaces the full sort
-    unless some row needs it; then one uniform number per row picks a token by inverse CDF, instead of
-    torch.multinomial's random number per vocabulary entry."""
+    """logits (B, V) -> token ids (B,). temperature 0 is greedy; top_k keeps the k most likely tokens,
+    top_p the nucleus (sample_top_p_fast); one uniform number per row picks the token."""
     logits = logits.float()
     if temperature <= 0:
         return logits.argmax(-1)
@@ -66,17 +92,10 @@ def sample(logits: torch.Tensor, temperature: float = 1.0, top_p: float = 1.0, t
         kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = logits.softmax(-1)
-    order = None
+    u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device, dtype=torch.float64)
     if top_p < 1.0:
-        probs, order = probs.topk(min(64, probs.shape[-1]), dim=-1)  # (B, K), descending
-        if order.shape[-1] < logits.shape[-1] and (probs.sum(-1) < top_p).any():
-            probs, order = logits.softmax(-1).sort(dim=-1, descending=True)
-        probs = nucleus(probs, top_p)
-    cdf = probs.double().cumsum(-1)  # (B, K or V)
-    u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device, dtype=torch.float64) * cdf[:, -1:]
-    last = (probs > 0).sum(-1, keepdim=True) - 1  # guards u rounding up to the total
-    j = torch.searchsorted(cdf, u, right=True).clamp(max=last)
-    return (j if order is None else order.gather(-1, j)).squeeze(-1)
+        return sample_top_p_fast(probs, top_p, u)
+    return pick(probs, u).squeeze(-1)
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -242,6 +261,8 @@ def generate_many(model, prompts: list[list[int]], max_new_tokens: int, batch_si
             print(f"  {progress}: batch {b + 1}/{n_batches}  {n_tok * world / dt:,.0f} new tok/s  "
                   f"elapsed {dt:.0f}s  eta {eta:.0f}s", flush=True)
     model.clear_cache(free=True)  # the reusable CUDA cache is for repeated calls of one shape only
+    STATS["new_tokens"] += n_tok * world
+    STATS["seconds"] += time.time() - t0
     if world > 1:
         gathered: list = [None] * world
         dist.all_gather_object(gathered, mine)

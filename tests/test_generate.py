@@ -137,3 +137,42 @@ def test_nucleus_wider_than_64_tokens_falls_back_to_full_sort():
     assert set(ids.unique().tolist()) <= set(keep)
     # Compare in 10 buckets of 20 tokens (per-token counts are too noisy at this size).
     assert torch.allclose(freq.view(10, 20).sum(1), expected.view(10, 20).sum(1), atol=0.01)
+
+
+def _python_nucleus_pick(p: list[float], top_p: float, u: float) -> int:
+    """llama3's sample_top_p rule in plain Python: sort descending, keep tokens while the mass before them
+    is below top_p, renormalise, and take the first token whose cumulative mass exceeds u."""
+    order = sorted(range(len(p)), key=lambda i: -p[i])
+    kept, before = [], 0.0
+    for i in order:
+        if before < top_p:
+            kept.append(i)
+        before += p[i]
+    total, acc = sum(p[i] for i in kept), 0.0
+    for i in kept:
+        acc += p[i] / total
+        if u < acc:
+            return i
+    return kept[-1]
+
+
+def test_sample_top_p_matches_a_plain_python_nucleus_draw():
+    g = torch.Generator().manual_seed(3)
+    probs = torch.softmax(torch.randn(6, 30, generator=g) * 2, -1)
+    u = torch.rand(6, 1, generator=g, dtype=torch.float64)
+    got = G.sample_top_p(probs, 0.8, u)
+    want = [_python_nucleus_pick(probs[b].tolist(), 0.8, float(u[b])) for b in range(6)]
+    assert got.tolist() == want
+
+
+def test_fast_nucleus_equals_full_sort_row_by_row():
+    """The top-k shortcut: narrow rows (nucleus inside the top k) and wide rows (flat) in one batch give the
+    very tokens the full sort gives for the same uniform numbers."""
+    g = torch.Generator().manual_seed(4)
+    sharp = torch.softmax(torch.randn(50, 500, generator=g) * 6, -1)  # nucleus within 64 tokens
+    flat = torch.softmax(torch.randn(14, 500, generator=g) * 0.1, -1)  # nucleus of hundreds of tokens
+    probs = torch.cat([sharp, flat])[torch.randperm(64, generator=g)]
+    assert 0 < int((probs.topk(64).values.sum(-1) < 0.9).sum()) < 64  # both kinds are present
+    u = torch.rand(64, 1, generator=g, dtype=torch.float64)
+    assert torch.equal(G.sample_top_p_fast(probs, 0.9, u), G.sample_top_p(probs, 0.9, u))
+    assert torch.equal(G.sample_top_p_fast(probs, 0.9, u, k=8), G.sample_top_p(probs, 0.9, u))
