@@ -7,6 +7,7 @@ checked when it is loaded.
 
 Imports: the standard library only (generate.py, lazily, for judging with a model).
 """
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -152,6 +153,56 @@ def judge(model, tokenizer, items: list[tuple[str, str]], *, samples: int = 3, t
     return results
 
 
+# ----------------------------------------------------------------------------- head-to-head
+# Without a ground truth (a user's --data), two models are compared by a fixed judge that sees both
+# responses, once in each order, so that a judge's preference for a position cancels out.
+
+def load_pairwise_template(path: str = os.path.join(RUBRIC_DIR, "pairwise.txt")) -> str:
+    with open(path, encoding="utf-8") as f:
+        text = f.read().removesuffix("\n")
+    for slot in ("{instruction}", "{response_a}", "{response_b}"):
+        if text.count(slot) != 1:
+            raise ValueError(f"{path}: the pairwise prompt needs the slot {slot} exactly once")
+    return text
+
+
+_VERDICT = re.compile(r"Verdict:\s*\**\s*(A|B|tie)\b")
+
+
+def parse_verdict(judgment: str) -> str | None:
+    """"A", "B" or "tie" from the LAST "Verdict: x" of a judgment; None if there is none."""
+    found = _VERDICT.findall(judgment)
+    return found[-1] if found else None
+
+
+def fill_pairwise(template: str, instruction: str, a: str, b: str) -> str:
+    head, rest = template.split("{instruction}")
+    middle, rest = rest.split("{response_a}")
+    middle2, tail = rest.split("{response_b}")
+    return head + instruction + middle + a + middle2 + b + tail
+
+
+def head_to_head(model, tokenizer, items: list[tuple[str, str, str]], *, template: str | None = None,
+                 max_new_tokens: int = 128, **generate_kw) -> dict:
+    """items: (instruction, response of the model under test, response of the baseline). The judge sees
+    each item twice, the model under test as A and then as B. An item is a win when the two verdicts
+    together favour the model under test (one order may say tie), a loss when they favour the baseline,
+    and a tie otherwise; an unparseable verdict counts as a tie and lowers parse_rate."""
+    from generate import generate_many
+
+    template = template or load_pairwise_template()
+    prompts = [tokenizer.encode_chat_prompt(fill_pairwise(template, q, a, b)) for q, a, b in items]
+    prompts += [tokenizer.encode_chat_prompt(fill_pairwise(template, q, b, a)) for q, a, b in items]
+    outs = generate_many(model, prompts, max_new_tokens, stop_ids=tokenizer.stop_ids, pad_id=tokenizer.pad_id,
+                         **generate_kw)
+    verdicts = [parse_verdict(tokenizer.decode([t for t in o if t not in tokenizer.stop_ids])) for o in outs]
+    n, tally = len(items), {"win": 0, "tie": 0, "loss": 0}
+    for first, second in zip(verdicts[:n], verdicts[n:]):  # first: under test = A; second: under test = B
+        vote = {"A": 1, "B": -1}.get(first, 0) + {"B": 1, "A": -1}.get(second, 0)
+        tally["win" if vote > 0 else "loss" if vote < 0 else "tie"] += 1
+    return {**{k: v / n for k, v in tally.items()}, "parse_rate": sum(v is not None for v in verdicts) / (2 * n)}
+
+
 def parse_rate(results: list[dict]) -> float:
     n = sum(len(r["scores"]) for r in results)
     return sum(s is not None for r in results for s in r["scores"]) / n if n else float("nan")
@@ -246,6 +297,14 @@ def kendall_tau(x: list[float], y: list[float]) -> float:
                 discordant += 1
     denom = ((concordant + discordant + ties_x) * (concordant + discordant + ties_y)) ** 0.5
     return (concordant - discordant) / denom if denom else 0.0
+
+
+def mean_se(xs: list[float]) -> tuple[float, float]:
+    """Mean and its standard error (sample standard deviation / sqrt(n))."""
+    n = len(xs)
+    m = sum(xs) / n
+    var = sum((x - m) ** 2 for x in xs) / (n - 1) if n > 1 else 0.0
+    return m, math.sqrt(var / n)
 
 
 def reward_model_metrics(groups) -> dict:

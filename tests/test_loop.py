@@ -28,11 +28,6 @@ def test_rouge_l_hand_computed():
     assert loop.rouge_l("", "x") == 0.0
 
 
-def test_mean_se_hand_computed():
-    m, se = loop.mean_se([1.0, 2.0, 3.0, 4.0])  # sample variance 5/3, se = sqrt(5/3 / 4)
-    assert m == 2.5 and se == pytest.approx((5 / 3 / 4) ** 0.5)
-
-
 def test_build_pairs_max_vs_min_ties_and_unscored():
     cands = [{"prompt": "p0", "responses": ["a", "b", "c", "d"]},
              {"prompt": "p1", "responses": ["e", "f"]},

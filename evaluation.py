@@ -1,0 +1,308 @@
+"""Evaluation of every model M_t of the loop, MT-Bench answers for outside judges, and the results report.
+
+Ground truth comes from a world, and only through this small interface (toyworld.py and realworld.py
+implement it; loop.py picks one):
+
+    NAME, TITLE, RUBRIC                          a short name, a title for reports, the default rubric
+    world_data(cfg) -> {"ift", "eft", "eval", "rm"}  seed data and held-out sets (data.py's contract)
+    score(row, response) -> float                the true score of a response on the judges' 0..5 scale
+    score_text(prompt, response) -> float | None  the same for a bare (self-instructed) prompt, if gradable
+    metrics(rows, responses) -> dict             headline metrics, "quality" and "quality_se" among them
+
+With a user's data folder and no world, evaluation reports what can be measured without a ground truth,
+and says so: the model's own judge scores of its answers, a head-to-head against M1 by a fixed judge that
+sees both answers in both orders, the judge's agreement with rm.jsonl's reference scores if there is one,
+lengths and parse rates.
+
+Imports: torch (generators), generate.py (sampling), judge.py (judging and its metrics), data.py (JSONL
+and FastChat's answer format), model.py (atomic writes).
+"""
+import json
+import os
+import time
+
+import torch
+import torch.distributed as dist
+
+import data as D
+import generate
+import judge as J
+from model import atomic_write, atomic_write_text
+
+
+# ----------------------------------------------------------------------------- small utilities
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def barrier():
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def log(msg: str):
+    """Under torchrun every rank runs the loop; rank 0 alone prints."""
+    if rank() == 0:
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def write_json(path: str, obj):
+    if rank() == 0:  # atomic: a killed run never leaves half a file
+        atomic_write_text(path, json.dumps(obj, indent=1, ensure_ascii=False))
+
+
+def sampling(cfg, temperature: float, seed: int) -> dict:
+    seed += 7919 * rank()  # under torchrun each rank samples its own share of the prompts
+    return dict(temperature=temperature, top_p=cfg.top_p, generator=torch.Generator(device=cfg.device).manual_seed(seed),
+                compile=cfg.compile, batch_size=cfg.batch_size)
+
+
+def respond(model, tok, cfg, prompts: list[str], n: int, temperature: float, seed: int, what: str) -> list[list[str]]:
+    """n sampled responses (text) per prompt, in the chat format."""
+    ids = [tok.encode_chat_prompt(p) for p in prompts]
+    outs = generate.generate_many(model, ids, cfg.max_response_tokens, num_samples=n, stop_ids=tok.stop_ids,
+                                  pad_id=tok.pad_id, progress=what, **sampling(cfg, temperature, seed))
+    text = lambda o: tok.decode([t for t in o if t not in tok.stop_ids]).strip()  # noqa: E731
+    return [[text(o) for o in out] for out in outs] if n > 1 else [[text(out)] for out in outs]
+
+
+def judge_items(model, tok, cfg, items: list[tuple[str, str]], rubric, seed: int, what: str) -> list[dict]:
+    """The loop's judging: cfg.judge_samples sampled judgments per (instruction, response), averaged."""
+    return J.judge(model, tok, items, samples=cfg.judge_samples, max_new_tokens=cfg.max_judge_tokens, progress=what,
+                   rubric=rubric, **sampling(cfg, cfg.temperature, seed))
+
+
+def win_tie_loss(scores: list[float], other: list[float]) -> dict:
+    n = len(scores)
+    w, t = sum(a > b for a, b in zip(scores, other)), sum(a == b for a, b in zip(scores, other))
+    return {"win": w / n, "tie": t / n, "loss": 1 - (w + t) / n}
+
+
+# ----------------------------------------------------------------------------- one model
+
+def evaluate(model, tok, cfg, name: str, data: dict, world, rubric, m1_responses=None, prev_responses=None,
+             fixed_judge=None) -> dict:
+    """Held-out evaluation of model `name`, cached in run_dir/eval/name.json. world: the ground truth, or
+    None. fixed_judge: () -> (model, tokenizer) of the head-to-head judge, used only without a world."""
+    path = os.path.join(cfg.run_dir, "eval", f"{name}.json")
+    exists = os.path.exists(path)
+    barrier()
+    if exists:
+        log(f"reusing {path}")
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    log(f"== evaluating {name}")
+    prompts = [r["prompt"] for r in data["eval"]]
+    sampled = [r[0] for r in respond(model, tok, cfg, prompts, 1, cfg.temperature, cfg.seed + 7, f"{name} eval (T={cfg.temperature})")]
+    res = {"model": name, "n_eval": len(prompts)}
+    if world is not None:
+        res.update(world.metrics(data["eval"], sampled))
+        if cfg.eval_greedy:
+            greedy = [r[0] for r in respond(model, tok, cfg, prompts, 1, 0.0, 0, f"{name} eval (greedy)")]
+            res["quality_greedy"] = world.metrics(data["eval"], greedy)["quality"]
+    res.update(mean_response_words=sum(len(r.split()) for r in sampled) / len(sampled),
+               mean_response_tokens=sum(len(tok.encode(r)) for r in sampled) / len(sampled), responses=sampled)
+    if world is not None:
+        true = [world.score(row, r) for row, r in zip(data["eval"], sampled)]
+        for key, other in (("vs_M1", m1_responses), ("vs_prev", prev_responses)):
+            if other is not None:
+                res[key] = win_tie_loss(true, [world.score(row, r) for row, r in zip(data["eval"], other)])
+    else:
+        res.update(no_truth_metrics(model, tok, cfg, name, prompts, sampled, rubric, m1_responses, fixed_judge))
+    if data["rm"]:
+        res["judge"] = judge_metrics(model, tok, cfg, name, data["rm"], rubric)
+    write_json(path, res)
+    barrier()
+    return res
+
+
+def judge_metrics(model, tok, cfg, name: str, rm: list[dict], rubric) -> dict:
+    """Table 4: the judge scores the reward-modelling set; its rankings are compared with the reference."""
+    items = [(g["instruction"], r) for g in rm for r in g["responses"]]
+    judged = judge_items(model, tok, cfg, items, rubric, cfg.seed + 11, f"{name} judge RM set")
+    groups, k = [], 0
+    for g in rm:
+        n = len(g["responses"])
+        groups.append(([j["score"] for j in judged[k:k + n]], g["scores"]))
+        k += n
+    return {**J.reward_model_metrics(groups), "parse_rate": J.parse_rate(judged)}
+
+
+def no_truth_metrics(model, tok, cfg, name, prompts, sampled, rubric, m1_responses, fixed_judge) -> dict:
+    """What can be measured without a ground truth: the model's own judge scores of its answers, and a
+    head-to-head against M1's answers by a fixed judge (both orders)."""
+    own = judge_items(model, tok, cfg, list(zip(prompts, sampled)), rubric, cfg.seed + 13, f"{name} judges itself")
+    scores = [j["score"] for j in own if j["score"] is not None]
+    out = {"self_judged": {"score": sum(scores) / len(scores) if scores else None, "parse_rate": J.parse_rate(own)}}
+    if m1_responses is not None and fixed_judge is not None:
+        judge_model, judge_tok = fixed_judge()
+        items = [(p, a, b) for p, a, b in zip(prompts, sampled, m1_responses)]
+        out["h2h_vs_M1"] = J.head_to_head(judge_model, judge_tok, items, max_new_tokens=cfg.max_judge_tokens,
+                                          progress=f"{name} vs M1, fixed judge",
+                                          **sampling(cfg, cfg.temperature, cfg.seed + 17))
+    return out
+
+
+# ----------------------------------------------------------------------------- MT-Bench answers
+
+# FastChat's sampling temperature per MT-Bench category (its gen_model_answer.py).
+MTBENCH_TEMPERATURE = {"writing": 0.7, "roleplay": 0.7, "extraction": 0.0, "math": 0.0, "coding": 0.0,
+                       "reasoning": 0.0, "stem": 0.1, "humanities": 0.1}
+
+
+def mtbench_answers(model, tok, cfg, model_id: str, questions: list[dict]) -> list[dict]:
+    """Both turns of every MT-Bench question, the second answered in the dialog of the first, in
+    FastChat's answer-file format, so the answers can be judged elsewhere by a strong judge."""
+    dialogs = [[] for _ in questions]
+    for turn in range(2):
+        by_temperature: dict[float, list[int]] = {}
+        for i, q in enumerate(questions):
+            by_temperature.setdefault(MTBENCH_TEMPERATURE.get(q["category"], 0.7), []).append(i)
+        for temperature, idx in sorted(by_temperature.items()):
+            ids = [tok.encode_dialog(dialogs[i] + [{"role": "user", "content": questions[i]["turns"][turn]}]) for i in idx]
+            outs = generate.generate_many(model, ids, cfg.mtbench_tokens, stop_ids=tok.stop_ids, pad_id=tok.pad_id,
+                                          progress=f"{model_id} MT-Bench turn {turn + 1} (T={temperature})",
+                                          **sampling(cfg, temperature, cfg.seed + 23 + turn))
+            for i, o in zip(idx, outs):
+                answer = tok.decode([t for t in o if t not in tok.stop_ids]).strip()
+                dialogs[i] += [{"role": "user", "content": questions[i]["turns"][turn]},
+                               {"role": "assistant", "content": answer}]
+    return [D.mtbench_answers_row(q["question_id"], model_id, [m["content"] for m in d if m["role"] == "assistant"])
+            for q, d in zip(questions, dialogs)]
+
+
+# ----------------------------------------------------------------------------- the report
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def _wtl(r: dict, key: str) -> str:
+    return f"{100 * r[key]['win']:.0f}/{100 * r[key]['tie']:.0f}/{100 * r[key]['loss']:.0f}" if key in r else "-"
+
+
+def _iteration_columns(st: dict) -> list[str]:
+    truly = st.get("chosen_truly_better")
+    return [str(st.get("pairs", "-")), f"{100 * truly:.0f}" if truly is not None else "-"]
+
+
+def toy_table(results: list[dict], iteration_stats: list[dict]) -> str:
+    head = ["model", "quality (T=0.7) ± SE", "greedy", "W/T/L vs M1 %", "W/T/L vs prev %", "judge pair acc %",
+            "5-best %", "exact %", "Spearman", "Kendall τ", "judge parse %", "resp. words", "pairs built",
+            "chosen truly better %"]
+    rows = []
+    for k, r in enumerate(results):
+        st, j = iteration_stats[k - 1] if k else {}, r["judge"]
+        rows.append([r["model"], f"{r['quality']:.3f} ± {r['quality_se']:.3f}", f"{r['quality_greedy']:.3f}",
+                     _wtl(r, "vs_M1"), _wtl(r, "vs_prev"), f"{100 * j['pairwise_accuracy']:.1f}",
+                     f"{100 * j['five_best']:.1f}", f"{100 * j['exact_match']:.1f}", f"{j['spearman']:.3f}",
+                     f"{j['kendall_tau']:.3f}", f"{100 * j['parse_rate']:.1f}", f"{r['mean_response_words']:.2f}",
+                     *_iteration_columns(st)])
+    return _markdown(head, rows)
+
+
+def real_table(results: list[dict], iteration_stats: list[dict]) -> str:
+    head = ["model", "prompt-level acc % ± SE", "instruction-level acc % ± SE", "W/T/L vs M1 %", "W/T/L vs prev %",
+            "judge pair acc %", "judge parse %", "resp. words", "resp. tokens", "pairs built", "ties",
+            "chosen truly better %"]
+    rows = []
+    for k, r in enumerate(results):
+        st, j = iteration_stats[k - 1] if k else {}, r.get("judge", {})
+        rows.append([r["model"], f"{100 * r['prompt_acc']:.1f} ± {100 * r['prompt_acc_se']:.1f}",
+                     f"{100 * r['instruction_acc']:.1f} ± {100 * r['instruction_acc_se']:.1f}", _wtl(r, "vs_M1"),
+                     _wtl(r, "vs_prev"), _pct(j.get("pairwise_accuracy")), _pct(j.get("parse_rate")),
+                     f"{r['mean_response_words']:.1f}", f"{r['mean_response_tokens']:.1f}", str(st.get("pairs", "-")),
+                     str(st.get("ties", "-")), _iteration_columns(st)[1]])
+    return _markdown(head, rows)
+
+
+def no_truth_table(results: list[dict], iteration_stats: list[dict]) -> str:
+    head = ["model", "self-judged score", "self-judge parse %", "vs M1, fixed judge W/T/L %", "verdict parse %",
+            "judge pair acc % (rm.jsonl)", "judge parse % (rm.jsonl)", "resp. words", "pairs built", "ties"]
+    rows = []
+    for k, r in enumerate(results):
+        st, own, j, h = iteration_stats[k - 1] if k else {}, r["self_judged"], r.get("judge", {}), r.get("h2h_vs_M1")
+        rows.append([r["model"], "-" if own["score"] is None else f"{own['score']:.2f}", _pct(own["parse_rate"]),
+                     _wtl(r, "h2h_vs_M1"), _pct(h["parse_rate"]) if h else "-", _pct(j.get("pairwise_accuracy")),
+                     _pct(j.get("parse_rate")), f"{r['mean_response_words']:.1f}", str(st.get("pairs", "-")),
+                     str(st.get("ties", "-"))])
+    return _markdown(head, rows)
+
+
+def _markdown(head: list[str], rows: list[list[str]]) -> str:
+    return ("| " + " | ".join(head) + " |\n|" + "---|" * len(head) + "\n"
+            + "".join("| " + " | ".join(r) + " |\n" for r in rows))
+
+
+def rates_table(results: list[dict], key: str, title: str) -> str:
+    names = list(results[0][key])
+    rows = [[r["model"]] + [f"{100 * r[key][c]:.0f}%" for c in names] for r in results]
+    return f"{title}:\n\n" + _markdown(["model", *names], rows)
+
+
+def timings_table(timings: dict) -> str:
+    rows = [[stage, f"{t['seconds']:.0f}", str(t.get("new_tokens", "-")),
+             f"{t['new_tokens'] / t['generate_seconds']:.0f}" if t.get("generate_seconds") else "-"]
+            for stage, t in timings.items()]
+    return "Wall time per stage (this run's own clock; stages reused from an earlier run are not listed):\n\n" + \
+        _markdown(["stage", "seconds", "new tokens generated", "generation tok/s"], rows)
+
+
+def report(cfg, world, results: list[dict], iteration_stats: list[dict], seed_metrics, wall: float, timings: dict) -> dict:
+    """results.md (tables) and results.json in run_dir, and the plot; printed too."""
+    if world is None:
+        title = "a user's data, no ground truth"
+        intro = ("No ground truth: the judge's own scores, a head-to-head against M1 by a fixed judge (both orders) "
+                 "and, where rm.jsonl exists, the judge's agreement with its reference scores.")
+        table = no_truth_table(results, iteration_stats)
+    else:
+        title = world.TITLE
+        if world.NAME == "toy":
+            intro = f"Seed IFT demonstrations: mean true score {seed_metrics['quality']:.3f} ± {seed_metrics['quality_se']:.3f}."
+            table = toy_table(results, iteration_stats) + "\n" + rates_table(results, "check_rates", "Per-check pass rates of sampled responses")
+        else:
+            intro = (f"Seed IFT demonstrations: prompt-level accuracy {100 * seed_metrics['prompt_acc']:.1f}%, "
+                     f"instruction-level {100 * seed_metrics['instruction_acc']:.1f}%.")
+            table = real_table(results, iteration_stats) + "\n" + rates_table(results, "check_rates", "Pass rate per instruction type (sampled responses)")
+    rm = f"RM set: {cfg.n_rm} prompts × 4 responses. " if world is not None else ""
+    md = (f"# Self-rewarding loop on {title} (seed {cfg.seed})\n\n{intro} Held-out prompts: {results[0]['n_eval']}; "
+          f"{rm}Wall time {wall / 60:.1f} min.\n\n{table}")
+    if world is not None and world.NAME != "toy" or timings:
+        md += "\n" + timings_table(timings)
+    summary = {"config": {k: v for k, v in vars(cfg).items()}, "seed_metrics": seed_metrics, "wall_seconds": wall,
+               "results": [{k: v for k, v in r.items() if k != "responses"} for r in results],
+               "iterations": iteration_stats, "timings": timings}
+    if rank() == 0:
+        atomic_write_text(os.path.join(cfg.run_dir, "results.md"), md)
+        write_json(os.path.join(cfg.run_dir, "results.json"), summary)
+        plot(cfg, results, seed_metrics)
+        print("\n" + md, flush=True)
+    barrier()
+    return summary
+
+
+def plot(cfg, results: list[dict], seed_metrics):
+    """Metrics per model as a PNG, where matplotlib is installed (it is not a dependency)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib is not installed: no plot (pip install matplotlib to get results.png)")
+        return
+    names, series = [r["model"] for r in results], {}
+    if "quality" in results[0]:
+        series["true quality / 5"] = [r["quality"] / 5 for r in results]
+    if "judge" in results[0]:
+        series["judge pairwise acc"] = [r["judge"]["pairwise_accuracy"] for r in results]
+        series["judge parse rate"] = [r["judge"]["parse_rate"] for r in results]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, ys in series.items():
+        ax.plot(names, ys, marker="o", label=label)
+    if seed_metrics and "quality" in seed_metrics:
+        ax.axhline(seed_metrics["quality"] / 5, ls="--", c="gray", label="seed IFT quality / 5")
+    ax.set_ylim(0, 1.02)
+    ax.legend()
+    atomic_write(os.path.join(cfg.run_dir, "results.png"), lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
