@@ -140,7 +140,7 @@ def check_heldout(data: dict, where=None):
 
 # ----------------------------------------------------------------------------- JSONL files
 
-def _iter_numbered(path: str):
+def iter_jsonl(path: str):
     """(line number, object) for each non-blank line; a .gz file is read through gzip."""
     opener = gzip.open if path.endswith(".gz") else open
     with opener(path, "rb") as f:
@@ -162,7 +162,7 @@ def _iter_numbered(path: str):
 
 def read_jsonl(path: str) -> list[dict]:
     """One object per non-blank line; bad JSON or a non-object is a ValueError naming PATH:LINE."""
-    return [row for _, row in _iter_numbered(path)]
+    return [row for _, row in iter_jsonl(path)]
 
 
 def write_jsonl(path: str, rows: list[dict]):
@@ -181,7 +181,7 @@ def load_data_dir(directory: str) -> dict:
                 raise FileNotFoundError(f"{path}: missing. A data folder holds:\n{contract_text()}")
             data[kind], lines[kind] = [], []
             continue
-        numbered = list(_iter_numbered(path))
+        numbered = list(iter_jsonl(path))
         data[kind], lines[kind] = [row for _, row in numbered], [n for n, _ in numbered]
         check_rows(data[kind], kind, path, lines[kind])
         if not data[kind] and not spec["empty_ok"]:
@@ -274,7 +274,7 @@ def read_oasst1(path: str, lang: str | None = "en") -> tuple[list[dict], Counter
     per line) or the flat messages file. Rows: {"tree_id", "prompt_id", "prompt", "replies": [{"message_id",
     "text", "rank"}]}; rank 0 is the humans' best, None unranked. Deleted messages, failed reviews and other
     languages (lang=None keeps all) are skipped, and stats (a Counter) counts every skip by its reason."""
-    stats, numbered = Counter(), _iter_numbered(path)
+    stats, numbered = Counter(), iter_jsonl(path)
     first = next(numbered, None)
     if first is None:
         return [], stats
@@ -513,7 +513,7 @@ def read_mtbench(path: str | None = None) -> list[dict]:
     """MT-Bench questions as {"question_id", "category", "turns"}, checked (PATH:LINE: field ...)."""
     path = path or mtbench_path()
     out, seen = [], set()
-    for n, row in _iter_numbered(path):
+    for n, row in iter_jsonl(path):
         qid, category, turns = row.get("question_id"), row.get("category"), row.get("turns")
         if isinstance(qid, bool) or not isinstance(qid, int) or qid in seen:
             raise ValueError(f"{path}:{n}: field 'question_id' must be an integer not seen before, got {_show(qid)}")

@@ -54,6 +54,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      set_optimizer_state_dict)
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
+from data import iter_jsonl
 from model import (PRESETS, Transformer, atomic_write, atomic_write_text, build_from_state_dict, load_model,
                    preset, save_checkpoint)
 
@@ -198,16 +199,9 @@ def load_jsonl(path: str, mode: str) -> list[dict]:
         with open(path, encoding="utf-8") as f:
             return [{"text": line.rstrip("\n")} for line in f if line.strip()]
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                ex = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
-            check_example(ex, mode, f"{path}:{lineno}")
-            rows.append(ex)
+    for lineno, ex in iter_jsonl(path):
+        check_example(ex, mode, f"{path}:{lineno}")
+        rows.append(ex)
     if not rows:
         raise ValueError(f"{path}: no examples")
     return rows
@@ -792,7 +786,7 @@ def main(argv=None):
     p.add_argument("--mode", required=True, choices=sorted(MODE_DEFAULTS))
     p.add_argument("--data", required=True, help="JSONL (or .txt for pretrain)")
     p.add_argument("--eval-data", default=None)
-    p.add_argument("--ckpt", required=True, help="preset name or Meta-layout checkpoint directory")
+    p.add_argument("--ckpt", required=True, help="preset name, .gguf, Meta-layout dir or Hugging Face folder")
     p.add_argument("--out", required=True, help="output directory (Meta layout)")
     p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the checkpoint's)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

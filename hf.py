@@ -29,7 +29,7 @@ import sys
 
 import torch
 
-from model import ModelArgs, Transformer, atomic_write, atomic_write_text, build_from_state_dict
+from model import ModelArgs, Transformer, atomic_write, atomic_write_text, build_from_state_dict, read_json_object
 
 CONFIG, WEIGHTS, INDEX, GENERATION = ("config.json", "model.safetensors", "model.safetensors.index.json",
                                       "generation_config.json")
@@ -114,7 +114,7 @@ def read_hf_weights(directory: str) -> tuple[dict[str, torch.Tensor], dict[str, 
             raise FileNotFoundError(f"{directory}: neither {WEIGHTS} nor {INDEX} (a Hugging Face folder needs one)")
         tensors = read_safetensors(single)
         return tensors, dict.fromkeys(tensors, single)
-    weight_map = _read_json(index_path).get("weight_map")
+    weight_map = read_json_object(index_path).get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
         raise ValueError(f"{index_path}: field 'weight_map' must be a non-empty object {{tensor: shard file}}")
     shards = {}
@@ -129,19 +129,6 @@ def read_hf_weights(directory: str) -> tuple[dict[str, torch.Tensor], dict[str, 
             raise ValueError(f"{index_path}: weight_map puts tensor {name!r} in {shard}, which has no such tensor")
         tensors[name], origin[name] = shards[shard][name], os.path.join(directory, shard)
     return tensors, origin
-
-
-def _read_json(path: str) -> dict:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"missing {path}")
-    with open(path, encoding="utf-8") as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: line {e.lineno}: invalid JSON ({e.msg})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
 
 
 # ----------------------------------------------------------------------------- layouts
@@ -316,7 +303,7 @@ def _check_against_weights(config: dict, args: ModelArgs, tensors: dict, origin:
 def load_hf(directory: str, device="cpu", dtype=torch.float32, max_seq_len: int | None = None) -> Transformer:
     """A Hugging Face folder -> Transformer in dtype (the files may hold bf16, fp16 or fp32)."""
     config_path = os.path.join(directory, CONFIG)
-    config = _read_json(config_path)
+    config = read_json_object(config_path)
     tensors, origin = read_hf_weights(directory)
     args = config_to_args(config, tensors, origin, config_path, max_seq_len)
     if args.tie_embeddings:

@@ -532,16 +532,24 @@ def build_from_state_dict(args: ModelArgs, state: dict, source: str, device="cpu
     return model.to(device)
 
 
+def read_json_object(path: str) -> dict:
+    """A JSON file holding one object (params.json, config.json, an index), with errors naming the file."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"missing {path}")
+    with open(path, encoding="utf-8") as f:
+        try:
+            data = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: line {e.lineno}: invalid JSON ({e.msg})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
 def load_meta_checkpoint(directory: str, device="cpu", dtype=torch.float32):
     """params.json + consolidated.NN.pth (1 or more model-parallel shards) -> Transformer."""
     params_path = os.path.join(directory, "params.json")
-    if not os.path.isfile(params_path):
-        raise FileNotFoundError(f"missing {params_path}")
-    with open(params_path, encoding="utf-8") as f:
-        try:
-            params = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{params_path}: line {e.lineno}: invalid JSON ({e.msg})") from None
+    params = read_json_object(params_path)
     shard_paths = sorted(p for p in os.listdir(directory) if p.startswith("consolidated.") and p.endswith(".pth"))
     if not shard_paths:
         raise FileNotFoundError(f"no consolidated.NN.pth in {directory}")
