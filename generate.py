@@ -274,7 +274,7 @@ def generate_many(model, prompts: list[list[int]], max_new_tokens: int, batch_si
 # ----------------------------------------------------------------------------- CLI
 
 def main():
-    p = argparse.ArgumentParser(description="Sample from a checkpoint (preset, .gguf, or Meta-layout dir).")
+    p = argparse.ArgumentParser(description="Sample from a checkpoint (preset, .gguf, Meta-layout dir or Hugging Face folder).")
     p.add_argument("--ckpt", default=None, help="default: the offline SmolLM2-135M-Instruct GGUF")
     p.add_argument("--prompt", default="What is the capital of France?")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat format")
@@ -295,7 +295,7 @@ def main():
     model.eval()
     print(f"loaded {ckpt}: {model.num_params() / 1e6:.1f}M params in {time.time() - t0:.1f}s")
     if tok is None:
-        raise SystemExit(f"{ckpt} has no tokenizer; pass a checkpoint directory with tokenizer.model or a .gguf")
+        raise SystemExit(f"{ckpt} has no tokenizer; pass a folder with its tokenizer (tokenizer.model, or tokenizer.json) or a .gguf")
     ids = tok.encode_chat_prompt(a.prompt) if a.chat else tok.encode(a.prompt, bos=tok.bos_id is not None)
     prompts = [ids] * a.batch
     kw = dict(temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, stop_ids=tok.stop_ids, compile=a.compile)
