@@ -114,11 +114,11 @@ class Config:
 
 # --world real: a 135M model on a 2-core CPU in about an hour (README, "The real run"). Flags given on the
 # command line win over these.
-REAL_DEFAULTS = dict(run_dir="runs/real-seed0", n_ift=384, n_eft=384, sft_steps=96, sft_lr=1e-5, sft_min_lr=2e-6,
-                     sft_batch=8, n_prompts=96, max_prompt_tokens=96, n_eval=300, n_rm=50, max_response_tokens=160,
-                     max_judge_tokens=64, dpo_lr=1e-6, dpo_min_lr=1e-7, dpo_batch=8, iterations=1, eval_greedy=False,
-                     mtbench=True, compile=True, batch_size=16)
-NONE_DEFAULTS = dict(run_dir="runs/data-seed0", eval_greedy=False, mtbench=True, compile=True, batch_size=16,
+REAL_DEFAULTS = dict(run_dir="runs/real-seed0", n_ift=192, n_eft=192, sft_steps=48, sft_lr=5e-5, sft_min_lr=5e-6,
+                     sft_batch=8, dropout=0.0, n_prompts=48, max_prompt_tokens=96, n_eval=300, n_rm=50,
+                     max_response_tokens=160, max_judge_tokens=64, dpo_lr=5e-6, dpo_min_lr=5e-7, dpo_batch=8,
+                     iterations=1, eval_greedy=False, mtbench=True, mtbench_tokens=128, batch_size=64)
+NONE_DEFAULTS = dict(run_dir="runs/data-seed0", dropout=0.0, eval_greedy=False, mtbench=True, batch_size=64,
                      max_response_tokens=256, max_judge_tokens=128, sft_lr=5.5e-6, sft_min_lr=1.1e-6, sft_batch=16,
                      dpo_lr=1e-6, dpo_min_lr=1e-7)
 
@@ -562,7 +562,7 @@ def parse_args(argv=None) -> Config:
                     "world": world})
     try:
         validate(cfg)
-    except ValueError as e:
+    except (ValueError, FileNotFoundError) as e:
         p.error(str(e))
     return cfg
 
@@ -581,6 +581,15 @@ def validate(cfg: Config):
     if cfg.prompt_model not in ("base", "current"):
         raise ValueError(f"--prompt-model must be 'base' or 'current', not {cfg.prompt_model!r}")
     J.load_rubric(cfg.judge_prompt or "fig2")  # a bad rubric fails now, not after training
+    # Inputs found now, not after an hour of training (each raises FileNotFoundError saying what to install).
+    if cfg.world == "real" and not cfg.sharegpt:
+        D.sharegpt_path()
+    if cfg.sharegpt and not os.path.isfile(cfg.sharegpt):
+        raise ValueError(f"--sharegpt {cfg.sharegpt}: no such file")
+    if cfg.data and not os.path.isdir(cfg.data):
+        raise ValueError(f"--data {cfg.data}: no such folder")
+    if cfg.mtbench:
+        D.mtbench_path()
 
 
 if __name__ == "__main__":

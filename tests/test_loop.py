@@ -145,3 +145,25 @@ def test_init_checkpoint_takes_the_place_of_pretraining(straight, tmp_path):
     a = torch.load(straight / "M1" / "consolidated.00.pth", weights_only=True)
     b = torch.load(tmp_path / "init" / "M1" / "consolidated.00.pth", weights_only=True)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--world", "real", "--data", "."], "--data brings its own data"),
+    (["--world", "none"], "--world none needs --data"),
+    (["--world", "moon"], "--world must be toy, real, none or auto"),
+    (["--pairs-from", "oracle"], "--pairs-from must be 'judge' or 'random'"),
+    (["--judge-prompt", "no/such/rubric.txt"], "not a shipped rubric"),
+    (["--data", "no/such/folder"], "--data no/such/folder: no such folder"),
+])
+def test_bad_settings_are_refused_before_any_work(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        loop.parse_args(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_world_defaults_and_flags_given_win():
+    assert loop.parse_args([]).world == "toy" and loop.parse_args([]).n_ift == loop.Config().n_ift
+    real = loop.parse_args(["--world", "real", "--n-eval", "333", "--no-mtbench", "--sharegpt", __file__])
+    assert real.n_eval == 333 and real.n_ift == loop.REAL_DEFAULTS["n_ift"] and real.dropout == 0.0
+    data = loop.parse_args(["--data", ROOT, "--no-mtbench"])
+    assert data.world == "none" and data.run_dir == loop.NONE_DEFAULTS["run_dir"]
