@@ -245,8 +245,11 @@ def timings_table(timings: dict) -> str:
     rows = [[stage, f"{t['seconds']:.0f}", str(t.get("new_tokens", "-")),
              f"{t['new_tokens'] / t['generate_seconds']:.0f}" if t.get("generate_seconds") else "-"]
             for stage, t in timings.items()]
-    return "Wall time per stage (this run's own clock; stages reused from an earlier run are not listed):\n\n" + \
-        _markdown(["stage", "seconds", "new tokens generated", "generation tok/s"], rows)
+    rows.append(["all stages", f"{sum(t['seconds'] for t in timings.values()):.0f}",
+                 str(sum(t.get("new_tokens", 0) for t in timings.values())), "-"])
+    return ("Wall time per stage (kept in timings.json, so stages run by an earlier, interrupted process are "
+            "counted too; loading models between stages is not):\n\n"
+            + _markdown(["stage", "seconds", "new tokens generated", "generation tok/s"], rows))
 
 
 def report(cfg, world, results: list[dict], iteration_stats: list[dict], seed_metrics, wall: float, timings: dict) -> dict:
@@ -267,7 +270,7 @@ def report(cfg, world, results: list[dict], iteration_stats: list[dict], seed_me
             table = real_table(results, iteration_stats) + "\n" + rates_table(results, "check_rates", "Pass rate per instruction type (sampled responses)")
     rm = f"RM set: {cfg.n_rm} prompts × 4 responses. " if world is not None else ""
     md = (f"# Self-rewarding loop on {title} (seed {cfg.seed})\n\n{intro} Held-out prompts: {results[0]['n_eval']}; "
-          f"{rm}Wall time {wall / 60:.1f} min.\n\n{table}")
+          f"{rm}Wall time of this process {wall / 60:.1f} min.\n\n{table}")
     if world is not None and world.NAME != "toy" or timings:
         md += "\n" + timings_table(timings)
     summary = {"config": {k: v for k, v in vars(cfg).items()}, "seed_metrics": seed_metrics, "wall_seconds": wall,
