@@ -160,3 +160,34 @@ def test_rubric_from_a_file_and_missing_files(tmp_path):
 def test_mean_se_hand_computed():
     m, se = J.mean_se([1.0, 2.0, 3.0, 4.0])  # sample variance 5/3, se = sqrt(5/3 / 4)
     assert m == 2.5 and se == pytest.approx((5 / 3 / 4) ** 0.5)
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("A is clearer. Verdict: A", "A"), ("Verdict: B", "B"), ("hmm. Verdict: tie", "tie"),
+    ("Verdict: A ... on reflection Verdict: B", "B"), ("Verdict: **A**", "A"),
+    ("I prefer A.", None), ("Verdict: C", None), ("Verdict: Alpha", None),
+])
+def test_parse_verdict(text, expected):
+    assert J.parse_verdict(text) == expected
+
+
+def test_head_to_head_counts_both_orders(monkeypatch):
+    """Each item is judged with the model under test as A, then as B; the two verdicts vote together."""
+    import generate
+
+    class Tok:
+        stop_ids, pad_id = {0}, 0
+        def encode_chat_prompt(self, text): return [ord(c) for c in text[:3]] + [len(text)]
+        def decode(self, ids): return "".join(chr(i) for i in ids)
+
+    # item 0: A then B -> under test wins both orders; item 1: A then A -> position bias, a tie;
+    # item 2: B then A -> loss; item 3: tie then B -> win; item 4: unparseable twice -> tie
+    first, second = ["A", "A", "B", "tie", "?"], ["B", "A", "A", "B", "?"]
+    outs = [[ord(c) for c in f"Verdict: {v}"] for v in first + second]
+    seen = []
+    monkeypatch.setattr(generate, "generate_many", lambda model, prompts, n, **kw: seen.append(prompts) or outs)
+    items = [(f"q{i}", f"mine{i}", f"base{i}") for i in range(5)]
+    res = J.head_to_head(None, Tok(), items, template="{instruction}|{response_a}|{response_b}")
+    assert res == {"win": 0.4, "tie": 0.4, "loss": 0.2, "parse_rate": 0.8}
+    assert len(seen[0]) == 10  # both orders of every item in one batch
+    assert J.fill_pairwise("{instruction}|{response_a}|{response_b}", "q", "a", "b") == "q|a|b"

