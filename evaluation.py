@@ -187,6 +187,10 @@ def _iteration_columns(st: dict) -> list[str]:
     return [str(st.get("pairs", "-")), f"{100 * truly:.0f}" if truly is not None else "-"]
 
 
+def _truth_counts(t: dict | None) -> str:
+    return f"{t['better']}/{t['tie']}/{t['worse']} ({t['graded']})" if t else "-"
+
+
 def toy_table(results: list[dict], iteration_stats: list[dict]) -> str:
     head = ["model", "quality (T=0.7) ± SE", "greedy", "W/T/L vs M1 %", "W/T/L vs prev %", "judge pair acc %",
             "5-best %", "exact %", "Spearman", "Kendall τ", "judge parse %", "resp. words", "pairs built",
@@ -205,7 +209,7 @@ def toy_table(results: list[dict], iteration_stats: list[dict]) -> str:
 def real_table(results: list[dict], iteration_stats: list[dict]) -> str:
     head = ["model", "prompt-level acc % ± SE", "instruction-level acc % ± SE", "W/T/L vs M1 %", "W/T/L vs prev %",
             "judge pair acc %", "judge parse %", "resp. words", "resp. tokens", "pairs built", "ties",
-            "chosen truly better %"]
+            "chosen vs rejected, truly: better/tie/worse (graded)"]
     rows = []
     for k, r in enumerate(results):
         st, j = iteration_stats[k - 1] if k else {}, r.get("judge", {})
@@ -213,7 +217,7 @@ def real_table(results: list[dict], iteration_stats: list[dict]) -> str:
                      f"{100 * r['instruction_acc']:.1f} ± {100 * r['instruction_acc_se']:.1f}", _wtl(r, "vs_M1"),
                      _wtl(r, "vs_prev"), _pct(j.get("pairwise_accuracy")), _pct(j.get("parse_rate")),
                      f"{r['mean_response_words']:.1f}", f"{r['mean_response_tokens']:.1f}", str(st.get("pairs", "-")),
-                     str(st.get("ties", "-")), _iteration_columns(st)[1]])
+                     str(st.get("ties", "-")), _truth_counts(st.get("truth"))])
     return _markdown(head, rows)
 
 

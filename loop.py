@@ -115,9 +115,9 @@ class Config:
 # --world real: a 135M model on a 2-core CPU in about an hour (README, "The real run"). Flags given on the
 # command line win over these.
 REAL_DEFAULTS = dict(run_dir="runs/real-seed0", n_ift=192, n_eft=192, sft_steps=48, sft_lr=5e-5, sft_min_lr=5e-6,
-                     sft_batch=8, dropout=0.0, n_prompts=48, max_prompt_tokens=96, n_eval=300, n_rm=50,
+                     sft_batch=8, dropout=0.0, n_prompts=96, max_prompt_tokens=96, n_eval=300, n_rm=50,
                      max_response_tokens=160, max_judge_tokens=64, dpo_lr=5e-6, dpo_min_lr=5e-7, dpo_batch=8,
-                     iterations=1, eval_greedy=False, mtbench=True, mtbench_tokens=128, batch_size=64)
+                     iterations=2, eval_greedy=False, mtbench=True, mtbench_tokens=128, batch_size=64)
 NONE_DEFAULTS = dict(run_dir="runs/data-seed0", dropout=0.0, eval_greedy=False, mtbench=True, batch_size=64,
                      max_response_tokens=256, max_judge_tokens=128, sft_lr=5.5e-6, sft_min_lr=1.1e-6, sft_batch=16,
                      dpo_lr=1e-6, dpo_min_lr=1e-7)
@@ -496,7 +496,10 @@ def run(cfg: Config) -> dict:
     for t in range(1, cfg.iterations + 1):
         model, new_prompts, pair_stats, pairs = aift_iteration(model, tok, cfg, t, data, earlier, m0, rubric)
         earlier += new_prompts
-        pair_stats["chosen_truly_better"] = truly_better(pairs, world)
+        truth = pair_truth(pairs, world)
+        if truth is not None:
+            pair_stats["truth"] = truth
+            pair_stats["chosen_truly_better"] = truth["better"] / truth["graded"] if truth["graded"] else None
         iteration_stats.append(pair_stats)
         results.append(evaluate(f"M{t + 1}", model, m1_responses, results[-1]["responses"]))
     if cfg.iterations:
@@ -533,14 +536,16 @@ def init_distributed(cfg: Config):
         torch.cuda.set_device(cfg.device)
 
 
-def truly_better(pairs: list[dict], world) -> float | None:
-    """Diagnostic only (ground truth): how often the chosen response truly beats the rejected one, over the
-    pairs whose self-instructed prompt the world can grade."""
+def pair_truth(pairs: list[dict], world) -> dict | None:
+    """Diagnostic only (ground truth): over the pairs whose self-instructed prompt the world can grade, how
+    often the chosen response truly beats the rejected one, ties with it, or loses to it."""
     if world is None:
         return None
-    scored = [(world.score_text(p["prompt"], p["chosen"]), world.score_text(p["prompt"], p["rejected"])) for p in pairs]
-    scored = [(c, r) for c, r in scored if c is not None]
-    return sum(c > r for c, r in scored) / len(scored) if scored else None
+    graded = [(world.score_text(p["prompt"], p["chosen"]), world.score_text(p["prompt"], p["rejected"]))
+              for p in pairs]
+    graded = [(c, r) for c, r in graded if c is not None]
+    return {"graded": len(graded), "better": sum(c > r for c, r in graded), "tie": sum(c == r for c, r in graded),
+            "worse": sum(c < r for c, r in graded)}
 
 
 def parse_args(argv=None) -> Config:

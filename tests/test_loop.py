@@ -167,3 +167,17 @@ def test_world_defaults_and_flags_given_win():
     assert real.n_eval == 333 and real.n_ift == loop.REAL_DEFAULTS["n_ift"] and real.dropout == 0.0
     data = loop.parse_args(["--data", ROOT, "--no-mtbench"])
     assert data.world == "none" and data.run_dir == loop.NONE_DEFAULTS["run_dir"]
+
+
+def test_pair_truth_counts_better_ties_and_worse():
+    class World:  # grades prompts that start with "graded"; a response's true score is its length
+        @staticmethod
+        def score_text(prompt, response):
+            return float(len(response)) if prompt.startswith("graded") else None
+    pairs = [{"prompt": "graded 1", "chosen": "aaa", "rejected": "a"},   # better
+             {"prompt": "graded 2", "chosen": "aa", "rejected": "bb"},   # tie
+             {"prompt": "graded 3", "chosen": "a", "rejected": "aaaa"},  # worse
+             {"prompt": "graded 4", "chosen": "aa", "rejected": "b"},    # better
+             {"prompt": "free", "chosen": "a", "rejected": "aaaa"}]      # not graded
+    assert loop.pair_truth(pairs, World) == {"graded": 4, "better": 2, "tie": 1, "worse": 1}
+    assert loop.pair_truth(pairs, None) is None
