@@ -4,7 +4,7 @@
    once; the output layer and its fp32 log-softmax only where a response token is predicted; backward,
    clipping, AdamW) against HF LlamaForCausalLM doing the plain step on the same config and batch (one
    concatenated forward of the chosen and rejected rows: bench/hf_train_peer.py, run in a subprocess with
-   the throwaway /work/hfvenv interpreter). Both count the tokens of the 2 x pairs full sequences, the
+   the throwaway --hf-python interpreter). Both count the tokens of the 2 x pairs full sequences, the
    prompt once per sequence, so tokens/s is pairs per second x 2 x seq on either side.
 2. Peak memory of DPO with precomputed reference log-probs against the reference model held in memory,
    each in a fresh subprocess: peak RSS (VmHWM) on CPU, torch.cuda.max_memory_allocated on GPU.
@@ -115,19 +115,23 @@ def main():
     p.add_argument("--rounds", type=int, default=3, help="alternate ours and HF this many times; medians reported")
     p.add_argument("--device", default="cpu")
     p.add_argument("--compile", action="store_true", help="torch.compile each TransformerBlock (ours only)")
-    p.add_argument("--hf-python", default="/work/hfvenv/bin/python")
+    p.add_argument("--hf-python", default="", help="a throwaway interpreter with transformers (README, \"Measured figures\"); without it no HF peer runs")
     p.add_argument("--no-hf", action="store_true")
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak of the GPU, for MFU")
     p.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     a = p.parse_args()
+    if a.hf_python and not bool(a.hf_python):
+        p.error(f"--hf-python {a.hf_python}: no such interpreter")
+    if not a.hf_python and not a.no_hf:
+        print("no HF peer: --hf-python not given, so only our rows are timed")
     if a.memory_child:
         return memory_child(a.memory_child, a.presets, a.pairs, a.seq, 2, a.device)
 
     print(f"torch {torch.__version__}, device {a.device}, {torch.get_num_threads()} threads; "
           f"DPO step on {a.pairs} pairs x {a.seq} tokens ({2 * a.pairs} rows), median of {a.steps} steps, "
           f"{a.rounds} alternating rounds of ours and HF (median round reported)")
-    hf = not a.no_hf and os.path.exists(a.hf_python)
+    hf = not a.no_hf and bool(a.hf_python)
     results = {}
     for name in a.presets.split(","):
         t0 = time.time()

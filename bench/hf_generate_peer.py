@@ -3,7 +3,7 @@
 --new tokens per row. Prints one JSON line: prefill and end-to-end timings.
 
 Run it with the throwaway interpreter that has transformers (never a project dependency):
-    /work/hfvenv/bin/python bench/hf_generate_peer.py --gguf PATH --prompts prompts.json --batch 16
+    /tmp/hf/bin/python bench/hf_generate_peer.py --gguf PATH --prompts prompts.json --batch 16
 """
 import argparse
 import json

@@ -3,7 +3,7 @@ concatenated forward of chosen + rejected rows, fp32 log-softmax over response t
 fixed reference log-probs, backward, grad-norm clipping, AdamW. Prints one JSON line.
 
 Run it with the throwaway interpreter that has transformers (never a project dependency):
-    /work/hfvenv/bin/python bench/hf_train_peer.py --args '{"dim": 576, ...}' --pairs 2 --seq 128
+    /tmp/hf/bin/python bench/hf_train_peer.py --args '{"dim": 576, ...}' --pairs 2 --seq 128
 """
 import argparse
 import json
