@@ -191,13 +191,19 @@ def _truth_counts(t: dict | None) -> str:
     return f"{t['better']}/{t['tie']}/{t['worse']} ({t['graded']})" if t else "-"
 
 
+def _round_stats(r: dict, iteration_stats: list[dict]) -> dict:
+    """The stats of the AIFT round that made model r: M_{t+1} comes from round t; M0 and M1 from none."""
+    t = int(r["model"][1:]) - 1
+    return iteration_stats[t - 1] if t >= 1 else {}
+
+
 def toy_table(results: list[dict], iteration_stats: list[dict]) -> str:
     head = ["model", "quality (T=0.7) ± SE", "greedy", "W/T/L vs M1 %", "W/T/L vs prev %", "judge pair acc %",
             "5-best %", "exact %", "Spearman", "Kendall τ", "judge parse %", "resp. words", "pairs built",
             "chosen truly better %"]
     rows = []
-    for k, r in enumerate(results):
-        st, j = iteration_stats[k - 1] if k else {}, r["judge"]
+    for r in results:
+        st, j = _round_stats(r, iteration_stats), r["judge"]
         rows.append([r["model"], f"{r['quality']:.3f} ± {r['quality_se']:.3f}", f"{r['quality_greedy']:.3f}",
                      _wtl(r, "vs_M1"), _wtl(r, "vs_prev"), f"{100 * j['pairwise_accuracy']:.1f}",
                      f"{100 * j['five_best']:.1f}", f"{100 * j['exact_match']:.1f}", f"{j['spearman']:.3f}",
@@ -211,8 +217,8 @@ def real_table(results: list[dict], iteration_stats: list[dict]) -> str:
             "judge pair acc %", "judge parse %", "resp. words", "resp. tokens", "pairs built", "ties",
             "chosen vs rejected, truly: better/tie/worse (graded)"]
     rows = []
-    for k, r in enumerate(results):
-        st, j = iteration_stats[k - 1] if k else {}, r.get("judge", {})
+    for r in results:
+        st, j = _round_stats(r, iteration_stats), r.get("judge", {})
         rows.append([r["model"], f"{100 * r['prompt_acc']:.1f} ± {100 * r['prompt_acc_se']:.1f}",
                      f"{100 * r['instruction_acc']:.1f} ± {100 * r['instruction_acc_se']:.1f}", _wtl(r, "vs_M1"),
                      _wtl(r, "vs_prev"), _pct(j.get("pairwise_accuracy")), _pct(j.get("parse_rate")),
@@ -225,8 +231,8 @@ def no_truth_table(results: list[dict], iteration_stats: list[dict]) -> str:
     head = ["model", "self-judged score", "self-judge parse %", "vs M1, fixed judge W/T/L %", "verdict parse %",
             "judge pair acc % (rm.jsonl)", "judge parse % (rm.jsonl)", "resp. words", "pairs built", "ties"]
     rows = []
-    for k, r in enumerate(results):
-        st, own, j, h = iteration_stats[k - 1] if k else {}, r["self_judged"], r.get("judge", {}), r.get("h2h_vs_M1")
+    for r in results:
+        st, own, j, h = _round_stats(r, iteration_stats), r["self_judged"], r.get("judge", {}), r.get("h2h_vs_M1")
         rows.append([r["model"], "-" if own["score"] is None else f"{own['score']:.2f}", _pct(own["parse_rate"]),
                      _wtl(r, "h2h_vs_M1"), _pct(h["parse_rate"]) if h else "-", _pct(j.get("pairwise_accuracy")),
                      _pct(j.get("parse_rate")), f"{r['mean_response_words']:.1f}", str(st.get("pairs", "-")),

@@ -106,6 +106,8 @@ class Config:
     n_eval: int = 400  # held-out prompts (>= 400: 80 was too noisy in a probe)
     n_rm: int = 100  # held-out reward-modelling prompts, each with 4 responses of differing true score
     eval_greedy: bool = True  # also greedy quality (a second pass over the held-out prompts)
+    eval_m0: bool = False  # also evaluate M0 (an --init model, e.g. an instruct model), the baseline that
+    # SFT and every round must beat; the toy's M0 is a base model that has never seen the chat format
     h2h_judge: str = ""  # without a ground truth: the fixed head-to-head judge ("" = this run's M1)
     mtbench: bool = False  # save MT-Bench answers of M1 and the last model (FastChat's format)
     mtbench_tokens: int = 384
@@ -117,8 +119,8 @@ class Config:
 REAL_DEFAULTS = dict(run_dir="runs/real-seed0", n_ift=192, n_eft=192, sft_steps=48, sft_lr=5e-5, sft_min_lr=5e-6,
                      sft_batch=8, dropout=0.0, n_prompts=96, max_prompt_tokens=96, n_eval=300, n_rm=50,
                      max_response_tokens=160, max_judge_tokens=64, dpo_lr=5e-6, dpo_min_lr=5e-7, dpo_batch=8,
-                     iterations=2, eval_greedy=False, mtbench=True, mtbench_tokens=128, batch_size=64)
-NONE_DEFAULTS = dict(run_dir="runs/data-seed0", dropout=0.0, eval_greedy=False, mtbench=True, batch_size=64,
+                     iterations=2, eval_greedy=False, eval_m0=True, mtbench=True, mtbench_tokens=128, batch_size=64)
+NONE_DEFAULTS = dict(run_dir="runs/data-seed0", dropout=0.0, eval_greedy=False, eval_m0=True, mtbench=True, batch_size=64,
                      max_response_tokens=256, max_judge_tokens=128, sft_lr=5.5e-6, sft_min_lr=1.1e-6, sft_batch=16,
                      dpo_lr=1e-6, dpo_min_lr=1e-7)
 
@@ -489,6 +491,7 @@ def run(cfg: Config) -> dict:
         go = lambda: E.evaluate(model, tok, cfg, name, data, world, rubric, m1_responses, prev_responses, fixed_judge)  # noqa: E731
         return go() if os.path.exists(path) else timed(path, go)
 
+    baseline = [evaluate("M0", m0)] if cfg.eval_m0 and init else []
     results = [evaluate("M1", model)]
     m1_responses = results[0]["responses"]
     mtbench(cfg, model, tok, "M1")
@@ -504,7 +507,7 @@ def run(cfg: Config) -> dict:
         results.append(evaluate(f"M{t + 1}", model, m1_responses, results[-1]["responses"]))
     if cfg.iterations:
         mtbench(cfg, model, tok, f"M{cfg.iterations + 1}")
-    return E.report(cfg, world, results, iteration_stats, seed_metrics, time.time() - t_start, TIMINGS.data)
+    return E.report(cfg, world, baseline + results, iteration_stats, seed_metrics, time.time() - t_start, TIMINGS.data)
 
 
 def load_judge(cfg: Config, tok):

@@ -104,7 +104,7 @@ def test_real_world_loop_on_a_hugging_face_folder(tmp_path, tiny_hf):
     assert stats["pairs"] > 0 and stats["parse_rate"] > 0.5, stats  # the scripted judge writes "Score: k"
     assert len(json.load(open(run / "M2/history.json"))) >= 1  # DPO ran on those pairs
     res = json.load(open(run / "results.json"))
-    assert [r["model"] for r in res["results"]] == ["M1", "M2"]
+    assert [r["model"] for r in res["results"]] == ["M0", "M1", "M2"]  # M0 (the --init model): the baseline
     for r in res["results"]:
         assert 0 <= r["prompt_acc"] <= r["instruction_acc"] + 1e-9 <= 1 + 1e-9 and r["n_eval"] == 6
         assert r["judge"]["parse_rate"] > 0.5
@@ -112,7 +112,13 @@ def test_real_world_loop_on_a_hugging_face_folder(tmp_path, tiny_hf):
         answers = [json.loads(line) for line in open(run / "mtbench" / f"{name}.jsonl")]
         assert len(answers) == 80 and all(len(a["choices"][0]["turns"]) == 2 for a in answers)
         assert {a["model_id"] for a in answers} == {f"run-{name}"}
-    assert "prompt-level acc" in (run / "results.md").read_text()
+    md = (run / "results.md").read_text()
+    assert "prompt-level acc" in md
+    lines = md.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("| model"))  # the first table: results
+    k = lines[head].split(" | ").index("pairs built")
+    rows = {r[0].lstrip("| "): r for r in (line.split(" | ") for line in lines[head + 2:head + 5])}
+    assert rows["M0"][k] == rows["M1"][k] == "-" and rows["M2"][k] == str(stats["pairs"])  # round 1 made M2
 
 
 def test_own_data_without_ground_truth(tmp_path, tiny_hf):
@@ -132,7 +138,8 @@ def test_own_data_without_ground_truth(tmp_path, tiny_hf):
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     res = json.load(open(run / "results.json"))
     assert res["config"]["world"] == "none"
-    m1, m2 = res["results"]
+    m0, m1, m2 = res["results"]
+    assert m0["model"] == "M0" and "h2h_vs_M1" not in m0 and "judge" in m0
     assert "quality" not in m1 and "vs_M1" not in m2  # nothing pretends to a ground truth
     assert m1["self_judged"]["parse_rate"] > 0.5 and 1 <= m1["self_judged"]["score"] <= 5
     h = m2["h2h_vs_M1"]
