@@ -19,6 +19,7 @@ import os
 import time
 
 import torch
+import torch._dynamo
 import torch.distributed as dist
 
 from model import load_model
@@ -106,6 +107,10 @@ def decode_step(model, token, start, positions, seq_ids):
 
 
 _compiled_decode = {}
+# What dynamo raises when fullgraph compilation of a new shape is refused (the class names of torch 2.11+).
+_COMPILE_FAILURES = tuple(getattr(torch._dynamo.exc, n) for n in ("Unsupported", "FailOnRecompileLimitHit")
+                          if hasattr(torch._dynamo.exc, n))
+_fallback_warned = []  # said once per process
 
 
 def get_decode_step(compile: bool, device: torch.device):
@@ -219,7 +224,21 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, *, num_sample
                 layer.attention.cache.k = layer.attention.cache.k[keep]
                 layer.attention.cache.v = layer.attention.cache.v[keep]
         slot = P + t
-        logits = step(model, nxt[:, None], torch.tensor(slot, device=device), positions[:, slot:slot + 1], seq_ids)
+        args = (model, nxt[:, None], torch.tensor(slot, device=device), positions[:, slot:slot + 1], seq_ids)
+        try:
+            logits = step(*args)
+        except _COMPILE_FAILURES as e:
+            # A shape the compiled step cannot take, e.g. past dynamo's recompile limit: every new batch
+            # size recompiles (the cache's batch size is static). Raised before the step runs, so the
+            # eager step takes over with nothing half done.
+            if step is decode_step:
+                raise
+            if not _fallback_warned:
+                print(f"generate: compiled decode step unavailable for batch {B}, cache {S} "
+                      f"({str(e).splitlines()[0]}): decoding eagerly", flush=True)
+                _fallback_warned.append(True)
+            step = decode_step
+            logits = step(*args)
     model.clear_cache()
 
     stop_set = set(stop_ids)

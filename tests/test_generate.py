@@ -104,6 +104,21 @@ def test_compiled_decode_step_equals_eager(tiny):
     assert G.generate(tiny, prompts, 6, temperature=0, compile=True) == eager
 
 
+def test_compiled_decode_falls_back_to_eager_past_the_recompile_limit(tiny, monkeypatch, capsys):
+    """Each new batch size recompiles the decode step; past dynamo's limit (fullgraph: an error) the
+    eager step takes over, with the same tokens."""
+    import torch._dynamo
+    torch._dynamo.reset()
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+    monkeypatch.setattr(G, "_fallback_warned", [])
+    rng = random.Random(5)
+    for n_rows in (2, 3):
+        prompts = [[rng.randrange(1, 512) for _ in range(rng.randrange(2, 6))] for _ in range(n_rows)]
+        assert G.generate(tiny, prompts, 5, temperature=0, compile=True) == G.generate(tiny, prompts, 5, temperature=0)
+    assert "decoding eagerly" in capsys.readouterr().out
+    torch._dynamo.reset()
+
+
 def test_smollm2_answers_paris():
     """The real model, greedy, chat format: loads the Q4_1/Q8_0 GGUF, converts the tokenizer, decodes."""
     pytest.importorskip("gguf")
