@@ -109,12 +109,14 @@ def test_compiled_decode_falls_back_to_eager_past_the_recompile_limit(tiny, monk
     eager step takes over, with the same tokens."""
     import torch._dynamo
     torch._dynamo.reset()
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
     monkeypatch.setattr(G, "_fallback_warned", [])
     rng = random.Random(5)
-    for n_rows in (2, 3):
-        prompts = [[rng.randrange(1, 512) for _ in range(rng.randrange(2, 6))] for _ in range(n_rows)]
-        assert G.generate(tiny, prompts, 5, temperature=0, compile=True) == G.generate(tiny, prompts, 5, temperature=0)
+    # config.patch, not monkeypatch: undoing a monkeypatch on dynamo's config module deletes the setting
+    with torch._dynamo.config.patch(recompile_limit=1):
+        for n_rows in (2, 3):
+            prompts = [[rng.randrange(1, 512) for _ in range(rng.randrange(2, 6))] for _ in range(n_rows)]
+            eager = G.generate(tiny, prompts, 5, temperature=0)
+            assert G.generate(tiny, prompts, 5, temperature=0, compile=True) == eager
     assert "decoding eagerly" in capsys.readouterr().out
     torch._dynamo.reset()
 
