@@ -60,7 +60,7 @@ def main():
     p.add_argument("--no-hf", action="store_true")
     p.add_argument("--out", default=os.path.join(ROOT, "runs", "bench_generate.json"))
     a = p.parse_args()
-    if a.hf_python and not bool(a.hf_python):
+    if a.hf_python and not os.path.exists(a.hf_python):
         p.error(f"--hf-python {a.hf_python}: no such interpreter")
     if not a.hf_python and not a.no_hf:
         print("no HF peer: --hf-python not given, so only our rows are timed")
@@ -88,7 +88,7 @@ def main():
             total = min(timed(run(a.new), device) for _ in range(a.repeats))
             results.append({"impl": f"ours-{mode}", "batch": B, "prompt_len": max(map(len, prompts)), "new": a.new,
                             "warmup_s": t_compile, "prefill_s": prefill, "total_s": total})
-        if not a.no_hf and tok is not None and bool(a.hf_python):
+        if not a.no_hf and tok is not None and a.hf_python:
             with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
                 json.dump(prompts, f)
             out = subprocess.run([a.hf_python, os.path.join(ROOT, "bench", "hf_generate_peer.py"), "--gguf", path,

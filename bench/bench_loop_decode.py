@@ -2,7 +2,7 @@
 
 bench_generate.py times a fixed number of new tokens per row. The loop's stages are different: rows stop
 at their own end-of-turn token, so the eager path drops finished rows from the batch (the compiled step
-keeps its static shapes instead), and each stage's cache length is a new shape to compile. This script
+keeps its static shapes instead), and each new batch size is a new shape to compile. This script
 times the two stages that dominate an AIFT round, on held-out prompts of `--world real` and the offline
 SmolLM2-135M-Instruct, with the loop's own functions and settings (evaluation.respond, judge.judge):
     candidates  N=4 responses per prompt, T=0.7, top-p 0.9, at most 160 new tokens

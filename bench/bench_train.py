@@ -121,7 +121,7 @@ def main():
     p.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak of the GPU, for MFU")
     p.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     a = p.parse_args()
-    if a.hf_python and not bool(a.hf_python):
+    if a.hf_python and not os.path.exists(a.hf_python):
         p.error(f"--hf-python {a.hf_python}: no such interpreter")
     if not a.hf_python and not a.no_hf:
         print("no HF peer: --hf-python not given, so only our rows are timed")
@@ -131,7 +131,7 @@ def main():
     print(f"torch {torch.__version__}, device {a.device}, {torch.get_num_threads()} threads; "
           f"DPO step on {a.pairs} pairs x {a.seq} tokens ({2 * a.pairs} rows), median of {a.steps} steps, "
           f"{a.rounds} alternating rounds of ours and HF (median round reported)")
-    hf = not a.no_hf and bool(a.hf_python)
+    hf = bool(a.hf_python) and not a.no_hf
     results = {}
     for name in a.presets.split(","):
         t0 = time.time()
