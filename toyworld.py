@@ -14,12 +14,15 @@ The rubric is additive 0..5 like Fig. 2: one point per satisfied check, always t
     unique    no word repeats (needs >= 2 words)
     format    exactly "w<sep>w<sep>w": lowercase a-z words, the requested separator, nothing else
 Checking is easier than generating, which is the asymmetry that lets a model improve by judging
-itself. There is deliberately no copy constraint ("includes word W"): a throwaway probe found a
-~1M-parameter model never learned it (DESIGN.md). The instruction varies N (3..7, digits or words),
+itself. There is deliberately no copy constraint ("includes word W"): in a throwaway probe a model of
+the toy's size never learned it. The instruction varies N (3..7, digits or words),
 the category, the separator (comma, semicolon, slash) and many paraphrases; each instruction string
 is assigned to train or held-out by a stable hash, so evaluation prompts never appear in IFT, EFT,
-pretraining or tokenizer text. Seed IFT responses break each check at random (mean ~3.35/5), so a
-model that learns to check can end up better than its teachers.
+pretraining or tokenizer text. Seed IFT responses break each check at random (their mean score is in the README's results table),
+so a model that learns to check can end up better than its teachers.
+
+Imports: the standard library; from the project judge.py (the Fig. 2 prompt, mean_se) and, only to rebuild
+assets/toy.tiktoken, tools/train_bpe.py.
 """
 import hashlib
 import os
@@ -208,7 +211,7 @@ def sample_response(rng: random.Random, instruction: str, quality: float | None 
 
 def seed_ift(n: int, seed: int) -> list[dict]:
     """IFT seed: train instructions with imperfect, varied "human" responses (one per instruction,
-    ~2M train strings, so nothing is memorised)."""
+    drawn from millions of train instruction strings, so nothing is memorised)."""
     rng = random.Random(seed)
     out = []
     for _ in range(n):

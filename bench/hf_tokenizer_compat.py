@@ -9,7 +9,7 @@
 - Compared: encode (HF with split_special_tokens, so special-looking text is text on both sides), encode
   with bos, decode, and apply_chat_template(tokenize=True) on system/user/assistant dialogs, multi-turn,
   with and without add_generation_prompt. Dialogs whose content contains a special token's text are left
-  out: transformers makes it a control token, we keep it text on purpose (DESIGN.md).
+  out: transformers makes it a control token, we keep it text on purpose (README).
 
 Run from the repo root with the throwaway interpreter that has transformers (plus tiktoken, gguf):
     /tmp/hf/bin/python bench/hf_tokenizer_compat.py [--gguf PATH] [--texts 600] [--dialogs 300]

@@ -10,7 +10,7 @@ import judge as J
 
 
 def test_judge_prompt_is_fig2_byte_for_byte():
-    # sha256 of the prompt as printed in Fig. 2 (DESIGN.md), curly quotes included, no trailing newline.
+    # sha256 of the prompt as printed in the paper's Fig. 2, curly quotes included, no trailing newline.
     digest = hashlib.sha256(J.JUDGE_PROMPT.encode("utf-8")).hexdigest()
     assert digest == "b7c215996724f24346b6b7b72350e6818bf9b8d3cec590a97902a09516dfdbb4"
     assert J.JUDGE_PROMPT.startswith("Review the user’s question and the corresponding response")
