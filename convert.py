@@ -1,11 +1,11 @@
 """Convert a checkpoint: python convert.py SRC DST [--to hf|meta] [--dtype float32|bfloat16|float16]
 
-SRC is anything model.load_model reads: one of our run's model folders (Meta layout with our tokenizer),
+SRC is anything checkpoint.load_model reads: one of our run's model folders (Meta layout with our tokenizer),
 a Meta Llama 3 folder (params.json, consolidated.NN.pth, tokenizer.model), a .gguf file, or a Hugging
 Face folder. DST becomes a Hugging Face folder (--to hf, the default: how a trained model leaves the
 project, for transformers, vLLM and lm-evaluation-harness) or our own Meta layout (--to meta).
 
-Imports: model.py (load_model, save_checkpoint) and hf.py (save_hf, read_hf_weights); the tokenizer comes
+Imports: checkpoint.py (load_model, save_checkpoint) and hf.py (save_hf, read_hf_weights); the tokenizer comes
 with load_model and writes its own files.
 """
 import argparse
@@ -15,7 +15,7 @@ import os
 import torch
 
 from hf import read_hf_weights, save_hf
-from model import load_model, save_checkpoint
+from checkpoint import load_model, save_checkpoint
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # The files a checkpoint of either layout consists of: --force replaces these and nothing else.

@@ -15,12 +15,12 @@ Those two packages are found on disk with importlib and never imported.
     python data.py sharegpt
 
 Imports from the project: judge.parse_score (an EFT judgment must end in a score the judge's own parser
-reads) and model.atomic_write_text (a data file is never seen half-written). The rest is the stdlib.
+reads) and common.py's JSONL reader and atomic writer (errors name file:line; a data file is never
+seen half-written). The rest is the stdlib.
 """
 import argparse
 import codecs
 import glob
-import gzip
 import hashlib
 import importlib.util
 import itertools
@@ -33,7 +33,7 @@ import warnings
 from collections import Counter
 
 from judge import parse_score
-from model import atomic_write_text
+from common import iter_jsonl, write_jsonl
 
 # ----------------------------------------------------------------------------- the contract
 
@@ -100,7 +100,7 @@ def _field_problem(check: str, name: str, value, row: dict) -> str | None:
 def check_rows(rows: list, kind: str, path: str, lines: list[int] | None = None):
     """Raise ValueError at the first row that breaks CONTRACT[kind], as "PATH:LINE: field ...".
     LINE is lines[i] when given (load_data_dir passes each row's line in the file); otherwise i + 1,
-    which is the file's line for rows that read_jsonl read from a file without blank lines."""
+    which is the file's line for rows that common.read_jsonl read from a file without blank lines."""
     if kind not in CONTRACT:
         raise ValueError(f"unknown data kind {kind!r}; expected one of {', '.join(CONTRACT)}")
     fields = CONTRACT[kind]["fields"]
@@ -136,37 +136,6 @@ def check_heldout(data: dict, where=None):
                 raise ValueError(f"{where(kind, i)}: held-out {field} {_show(row[field])} is also a training "
                                  f"{'prompt' if hit[0] == 'ift' else 'instruction'} at {where(*hit)}: "
                                  "held-out data must never enter training")
-
-
-# ----------------------------------------------------------------------------- JSONL files
-
-def iter_jsonl(path: str):
-    """(line number, object) for each non-blank line; a .gz file is read through gzip."""
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        for n, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise ValueError(f"{path}:{n}: not UTF-8 ({e.reason} at byte {e.start})") from None
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: invalid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
-            yield n, row
-
-
-def read_jsonl(path: str) -> list[dict]:
-    """One object per non-blank line; bad JSON or a non-object is a ValueError naming PATH:LINE."""
-    return [row for _, row in iter_jsonl(path)]
-
-
-def write_jsonl(path: str, rows: list[dict]):
-    atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 # ----------------------------------------------------------------------------- data folders

@@ -14,46 +14,21 @@ and says so: the model's own judge scores of its answers, a head-to-head against
 sees both answers in both orders, the judge's agreement with rm.jsonl's reference scores if there is one,
 lengths and parse rates.
 
-Imports: torch (generators), generate.py (sampling), judge.py (judging and its metrics), data.py (JSONL
-and FastChat's answer format), model.py (atomic writes).
+Imports: torch (generators), generate.py (sampling), judge.py (judging and its metrics), data.py (FastChat's
+answer format), common.py (atomic writes, rank and log); matplotlib for the plot, if installed.
 """
-import json
 import os
-import time
 
 import torch
-import torch.distributed as dist
 
 import data as D
 import generate
 import judge as J
-from model import atomic_write, atomic_write_text
-
-
-# ----------------------------------------------------------------------------- small utilities
-
-def rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else 0
-
-
-def barrier():
-    if dist.is_initialized():
-        dist.barrier()
-
-
-def log(msg: str):
-    """Under torchrun every rank runs the loop; rank 0 alone prints."""
-    if rank() == 0:
-        print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def write_json(path: str, obj):
-    if rank() == 0:  # atomic: a killed run never leaves half a file
-        atomic_write_text(path, json.dumps(obj, indent=1, ensure_ascii=False))
+from common import atomic_write, atomic_write_text, barrier, is_main, log, rank_world, write_json
 
 
 def sampling(cfg, temperature: float, seed: int) -> dict:
-    seed += 7919 * rank()  # under torchrun each rank samples its own share of the prompts
+    seed += 7919 * rank_world()[0]  # under torchrun each rank samples its own share of the prompts
     return dict(temperature=temperature, top_p=cfg.top_p, generator=torch.Generator(device=cfg.device).manual_seed(seed),
                 compile=cfg.compile, batch_size=cfg.batch_size)
 
@@ -81,17 +56,10 @@ def win_tie_loss(scores: list[float], other: list[float]) -> dict:
 
 # ----------------------------------------------------------------------------- one model
 
-def evaluate(model, tok, cfg, name: str, data: dict, world, rubric, m1_responses=None, prev_responses=None,
-             fixed_judge=None) -> dict:
-    """Held-out evaluation of model `name`, cached in run_dir/eval/name.json. world: the ground truth, or
-    None. fixed_judge: () -> (model, tokenizer) of the head-to-head judge, used only without a world."""
-    path = os.path.join(cfg.run_dir, "eval", f"{name}.json")
-    exists = os.path.exists(path)
-    barrier()
-    if exists:
-        log(f"reusing {path}")
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+def evaluate_model(model, tok, cfg, name: str, data: dict, world, rubric, m1_responses=None, prev_responses=None,
+                   fixed_judge=None) -> dict:
+    """Held-out evaluation of model `name` (loop.py keeps it in run_dir/eval/name.json). world: the ground
+    truth, or None. fixed_judge: () -> (model, tokenizer) of the head-to-head judge, used only without a world."""
     log(f"== evaluating {name}")
     prompts = [r["prompt"] for r in data["eval"]]
     sampled = [r[0] for r in respond(model, tok, cfg, prompts, 1, cfg.temperature, cfg.seed + 7, f"{name} eval (T={cfg.temperature})")]
@@ -112,9 +80,19 @@ def evaluate(model, tok, cfg, name: str, data: dict, world, rubric, m1_responses
         res.update(no_truth_metrics(model, tok, cfg, name, prompts, sampled, rubric, m1_responses, fixed_judge))
     if data["rm"]:
         res["judge"] = judge_metrics(model, tok, cfg, name, data["rm"], rubric)
-    write_json(path, res)
-    barrier()
     return res
+
+
+def pair_truth(pairs: list[dict], world) -> dict | None:
+    """Diagnostic only (ground truth): over the pairs whose self-instructed prompt the world can grade, how
+    often the chosen response truly beats the rejected one, ties with it, or loses to it."""
+    if world is None:
+        return None
+    graded = [(world.score_text(p["prompt"], p["chosen"]), world.score_text(p["prompt"], p["rejected"]))
+              for p in pairs]
+    graded = [(c, r) for c, r in graded if c is not None]
+    return {"graded": len(graded), "better": sum(c > r for c, r in graded), "tie": sum(c == r for c, r in graded),
+            "worse": sum(c < r for c, r in graded)}
 
 
 def judge_metrics(model, tok, cfg, name: str, rm: list[dict], rubric) -> dict:
@@ -286,7 +264,7 @@ def report(cfg, world, results: list[dict], iteration_stats: list[dict], seed_me
     summary = {"config": {k: v for k, v in vars(cfg).items()}, "seed_metrics": seed_metrics, "wall_seconds": wall,
                "results": [{k: v for k, v in r.items() if k != "responses"} for r in results],
                "iterations": iteration_stats, "timings": timings}
-    if rank() == 0:
+    if is_main():
         atomic_write_text(os.path.join(cfg.run_dir, "results.md"), md)
         write_json(os.path.join(cfg.run_dir, "results.json"), summary)
         plot(cfg, results, seed_metrics)

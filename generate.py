@@ -12,19 +12,26 @@ padding goes between the shared prefix and each row's own tokens:
     row i:  shared prefix  | pad + own   | generated
 Padding slots get sequence id -1 (never attended) and RoPE positions count only real tokens, so a
 row computes exactly what it would compute alone.
+
+Imports: torch; from the project model.py (KVCache), checkpoint.py (the CLI's loading), common.py (the
+rank, the shared-prefix rule) and cpu_decode.py, whose Linear kernels the compiled CPU decode step uses.
 """
 import argparse
+import contextlib
 import importlib.util
 import os
 import time
+import weakref
 
 import torch
 import torch._dynamo
 import torch.distributed as dist
 
-from model import load_model
+import cpu_decode
+from checkpoint import load_model
+from common import MIN_SHARED_PREFIX, common_prefix_len, rank_world
+from model import KVCache
 
-MIN_SHARED_PREFIX = 32  # tokens; below this, prefilling the prefix once is not worth a second pass
 # What generate_many has done so far (all ranks): the loop reads it to report each stage's generation speed.
 STATS = {"new_tokens": 0, "seconds": 0.0}
 
@@ -44,13 +51,6 @@ def nucleus(sorted_p: torch.Tensor, top_p: float) -> torch.Tensor:
     reaches top_p (the token that crosses top_p is kept), zero the rest."""
     mass_before = sorted_p.cumsum(-1) - sorted_p  # probability mass of strictly more likely tokens
     return sorted_p.masked_fill(mass_before >= top_p, 0.0)
-
-
-def top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Nucleus filtering of probs (B, V) in vocabulary order: the nucleus kept, renormalised."""
-    sorted_p, order = probs.sort(dim=-1, descending=True)
-    kept = torch.zeros_like(probs).scatter_(-1, order, nucleus(sorted_p, top_p))
-    return kept / kept.sum(-1, keepdim=True)
 
 
 def pick(p: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -103,7 +103,7 @@ def sample(logits: torch.Tensor, temperature: float = 1.0, top_p: float = 1.0, t
 
 def decode_step(model, token, start, positions, seq_ids):
     """One token for every row: (B, 1) -> logits (B, V). The only compiled piece (gpt-fast)."""
-    return model(token, start=start, positions=positions, seq_ids=seq_ids)[:, -1]
+    return model(token, start, positions, seq_ids)[:, -1]
 
 
 _compiled_decode = {}
@@ -117,29 +117,120 @@ def get_decode_step(compile: bool, device: torch.device):
     if not compile:
         return decode_step
     if device.type not in _compiled_decode:
-        # CUDA: static shapes + "reduce-overhead" = CUDA graphs. CPU: plain inductor, where model.Linear
-        # swaps MKL's matmul for faster decode kernels (README, Generation: the measured speed-up).
+        # CUDA: static shapes + "reduce-overhead" = CUDA graphs. CPU: plain inductor, with cpu_decode's
+        # Linear kernels swapped in around the decode loop (generate).
         mode = "reduce-overhead" if device.type == "cuda" else None
         _compiled_decode[device.type] = torch.compile(decode_step, mode=mode, fullgraph=True)
     return _compiled_decode[device.type]
 
 
+# ----------------------------------------------------------------------------- the KV caches
+
+# CUDA graphs replay on the addresses they captured, so on these devices the caches of each (batch,
+# length) are kept between calls and reused, as gpt-fast keeps its cache; generate_many frees them.
+POOL_DEVICES = ("cuda",)
+_pools = weakref.WeakKeyDictionary()  # model -> {(batch, length): [KVCache per layer]}
+
+
+def setup_cache(model, batch: int, length: int):
+    """model.setup_cache, or the pooled caches of that shape, zeroed. Pooled KVCache modules are never
+    changed in place: dropping finished rows or repeating rows for samples puts new ones in their stead."""
+    if model.tok_embeddings.weight.device.type not in POOL_DEVICES:
+        return model.setup_cache(batch, length)
+    pool = _pools.setdefault(model, {})
+    caches = pool.get((batch, length))
+    if caches is None:
+        model.setup_cache(batch, length)
+        pool[(batch, length)] = [layer.attention.cache for layer in model.layers]
+        return
+    for layer, cache in zip(model.layers, caches):
+        cache.k.zero_(), cache.v.zero_()
+        layer.attention.cache = cache
+
+
+def free_cache_pool(model):
+    _pools.pop(model, None)
+
+
+def _set_rows(model, rows):
+    """Each layer's cache becomes a new KVCache of the given rows of the current one (rows: an index
+    tensor; repeated entries repeat a row), leaving any pooled cache untouched."""
+    for layer in model.layers:
+        c = layer.attention.cache
+        layer.attention.cache = KVCache(c.k[rows], c.v[rows])
+
+
+# ----------------------------------------------------------------------------- decoding
+
 def _all_done(done: torch.Tensor) -> bool:
     """Under torch.distributed (FSDP), every rank must run the same number of forwards: stop only when
     all ranks are done."""
     flag = done.all().to(torch.int32)
-    if dist.is_available() and dist.is_initialized():
+    if rank_world()[1] > 1:
         flag = flag.to(done.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MIN)
     return bool(flag.item())
 
 
-def _shared_prefix_len(prompts: list[list[int]]) -> int:
-    first, n = prompts[0], min(len(p) for p in prompts) - 1  # every row keeps >= 1 token of its own
-    for i in range(n):
-        if any(p[i] != first[i] for p in prompts):
-            return i
-    return max(n, 0)
+def batch_layout(prompts: list[list[int]], max_new_tokens: int, max_seq_len: int, pad_id: int = 0,
+                 cache_multiple: int = 64):
+    """The cache layout of the module docstring: (tokens (B, P), seq_ids (B, S), positions (B, S), L, P, S)
+    with L the shared prefix (0 if under MIN_SHARED_PREFIX), P the prompt slots, S the cache length."""
+    B = len(prompts)
+    # every row keeps >= 1 token of its own, whose logits start the decoding
+    L = common_prefix_len(prompts, min(map(len, prompts)) - 1) if B > 1 else 0
+    L = L if L >= MIN_SHARED_PREFIX else 0
+    own = [p[L:] for p in prompts]
+    P = L + max(len(o) for o in own)
+    # Round the cache length up so that a compiled decode step sees few distinct shapes.
+    S = min(-(-(P + max_new_tokens) // cache_multiple) * cache_multiple, max_seq_len)
+    if P + max_new_tokens > S:
+        raise ValueError(f"prompt ({P}) + max_new_tokens ({max_new_tokens}) exceeds max_seq_len {S}")
+    tokens = torch.full((B, P), pad_id, dtype=torch.long)
+    valid = torch.zeros(B, S, dtype=torch.bool)
+    valid[:, :L] = True
+    valid[:, P:] = True  # generated slots (causality hides them until written)
+    for i, o in enumerate(own):
+        tokens[i, :L] = torch.tensor(prompts[i][:L], dtype=torch.long)
+        tokens[i, P - len(o):] = torch.tensor(o, dtype=torch.long)
+        valid[i, P - len(o):P] = True
+    seq_ids = torch.where(valid, 0, -1)  # (B, S): -1 = padding
+    positions = (valid.cumsum(-1) - 1).clamp(min=0)  # (B, S): RoPE position of each slot
+    return tokens, seq_ids, positions, L, P, S
+
+
+def prefill(model, tokens, seq_ids, positions, L: int, P: int, S: int) -> torch.Tensor:
+    """Fill the caches with the prompts, the shared prefix once; -> logits (B, V) of each row's last slot."""
+    B = tokens.shape[0]
+    if L:  # prefill the shared prefix in one row, then copy its keys/values into every row
+        setup_cache(model, 1, S)
+        model.hidden(tokens[:1, :L], 0, positions[:1, :L], seq_ids[:1])
+        prefix_kv = [(layer.attention.cache.k[:, :, :L], layer.attention.cache.v[:, :, :L]) for layer in model.layers]
+        setup_cache(model, B, S)
+        for layer, (k, v) in zip(model.layers, prefix_kv):
+            layer.attention.cache.k[:, :, :L] = k
+            layer.attention.cache.v[:, :, :L] = v
+    else:
+        setup_cache(model, B, S)
+    h, _ = model.hidden(tokens[:, L:], L, positions[:, L:P], seq_ids)
+    return model.logits(h[:, -1])  # only the last position's logits: the vocabulary is the widest layer
+
+
+def repeat_rows(model, n: int, *tensors):
+    """Each row n times, [r0, r0, ..., r1, ...], in the caches and in each tensor given (returned)."""
+    cache = model.layers[0].attention.cache
+    B, S = cache.k.shape[0], cache.k.shape[2]
+    if model.tok_embeddings.weight.device.type in POOL_DEVICES:  # into the pooled buffers, whose addresses
+        old = [(layer.attention.cache.k, layer.attention.cache.v) for layer in model.layers]  # graphs captured
+        setup_cache(model, B * n, S)
+        for layer, (k, v) in zip(model.layers, old):
+            layer.attention.cache.k.copy_(k.repeat_interleave(n, 0))
+            layer.attention.cache.v.copy_(v.repeat_interleave(n, 0))
+    else:  # the repeated tensors become the cache: no zero-filled allocation and copy
+        for layer in model.layers:
+            c = layer.attention.cache
+            layer.attention.cache = KVCache(c.k.repeat_interleave(n, 0), c.v.repeat_interleave(n, 0))
+    return [t.repeat_interleave(n, 0) for t in tensors]
 
 
 @torch.no_grad()
@@ -154,54 +245,29 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, *, num_sample
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("generate: every prompt needs at least one token")
     device = model.tok_embeddings.weight.device
-    B = len(prompts)
-    L = _shared_prefix_len(prompts) if B > 1 else 0
-    L = L if L >= MIN_SHARED_PREFIX else 0
-    own = [p[L:] for p in prompts]
-    P = L + max(len(o) for o in own)
-    # Round the cache length up so that a compiled decode step sees few distinct shapes.
-    S = min(-(-(P + max_new_tokens) // cache_multiple) * cache_multiple, model.args.max_seq_len)
-    if P + max_new_tokens > S:
-        raise ValueError(f"prompt ({P}) + max_new_tokens ({max_new_tokens}) exceeds max_seq_len {S}")
+    tokens, seq_ids, positions, L, P, S = (t if isinstance(t, int) else t.to(device) for t in batch_layout(
+        prompts, max_new_tokens, model.args.max_seq_len, pad_id, cache_multiple))
+    logits = prefill(model, tokens, seq_ids, positions, L, P, S)
+    if num_samples > 1:
+        logits, seq_ids, positions = repeat_rows(model, num_samples, logits, seq_ids, positions)
+    swap = cpu_decode.decode_linears(model) if compile and device.type == "cpu" else contextlib.nullcontext()
+    with swap:
+        out = decode(model, logits, seq_ids, positions, P, max_new_tokens, compile,
+                     dict(temperature=temperature, top_p=top_p, top_k=top_k, generator=generator), stop_ids, pad_id)
+    model.clear_cache()
+    stop_set = set(stop_ids)
+    result = []
+    for row in out:
+        end = next((j + 1 for j, tok in enumerate(row) if tok in stop_set), len(row))
+        result.append(row[:end])
+    return result
 
-    tokens = torch.full((B, P), pad_id, dtype=torch.long)
-    valid = torch.zeros(B, S, dtype=torch.bool)
-    valid[:, :L] = True
-    valid[:, P:] = True  # generated slots (causality hides them until written)
-    for i, o in enumerate(own):
-        tokens[i, :L] = torch.tensor(prompts[i][:L], dtype=torch.long)
-        tokens[i, P - len(o):] = torch.tensor(o, dtype=torch.long)
-        valid[i, P - len(o):P] = True
-    tokens, valid = tokens.to(device), valid.to(device)
-    seq_ids = torch.where(valid, 0, -1)  # (B, S): -1 = padding
-    positions = (valid.cumsum(-1) - 1).clamp(min=0)  # (B, S): RoPE position of each slot
 
-    if L:  # prefill the shared prefix once, then copy its keys/values into every row
-        model.setup_cache(1, S)
-        model(tokens[:1, :L], start=0, positions=positions[:1, :L], seq_ids=seq_ids[:1], last_only=True)
-        prefix_kv = [(layer.attention.cache.k[:, :, :L], layer.attention.cache.v[:, :, :L]) for layer in model.layers]
-        model.setup_cache(B, S)
-        for layer, (k, v) in zip(model.layers, prefix_kv):
-            layer.attention.cache.k[:, :, :L] = k
-            layer.attention.cache.v[:, :, :L] = v
-    else:
-        model.setup_cache(B, S)
-    logits = model(tokens[:, L:], start=L, positions=positions[:, L:P], seq_ids=seq_ids, last_only=True)[:, -1]
-    if num_samples > 1:  # each prompt's cache row, logits and mask, repeated for its samples
-        caches = [(layer.attention.cache.k, layer.attention.cache.v) for layer in model.layers]
-        if device.type == "cuda":  # into the reusable buffers, whose addresses CUDA graphs captured
-            model.setup_cache(B * num_samples, S)
-            for layer, (k, v) in zip(model.layers, caches):
-                layer.attention.cache.k.copy_(k.repeat_interleave(num_samples, 0))
-                layer.attention.cache.v.copy_(v.repeat_interleave(num_samples, 0))
-        else:  # the repeated tensors become the cache: no zero-filled allocation and copy (a third of
-            for layer, (k, v) in zip(model.layers, caches):  # the toy judge's time went there)
-                layer.attention.cache.k = k.repeat_interleave(num_samples, 0)
-                layer.attention.cache.v = v.repeat_interleave(num_samples, 0)
-        del caches
-        logits, seq_ids, positions = (t.repeat_interleave(num_samples, 0) for t in (logits, seq_ids, positions))
-        B = B * num_samples
-
+def decode(model, logits, seq_ids, positions, P: int, max_new_tokens: int, compile: bool, sampler: dict,
+           stop_ids, pad_id: int) -> list[list[int]]:
+    """The decode loop, from the prefilled caches: one token per row per step into slot P + t, until every
+    row has met a stop id or max_new_tokens. -> the tokens of each row (pad_id after a row stopped)."""
+    device, B = logits.device, logits.shape[0]
     step = get_decode_step(compile, device)
     stop = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)
     out = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
@@ -209,7 +275,7 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, *, num_sample
     done = torch.zeros(B, dtype=torch.bool, device=device)
     n = 0
     for t in range(max_new_tokens):
-        nxt = sample(logits, temperature, top_p, top_k, generator).to(device)
+        nxt = sample(logits, **sampler).to(device)
         out[live, t] = nxt
         done |= torch.isin(nxt, stop)
         n = t + 1
@@ -220,9 +286,7 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, *, num_sample
             # whole batch decoding (the compiled step keeps its static shapes instead).
             keep = (~done).nonzero().squeeze(1)
             live, nxt, done, seq_ids, positions = live[keep], nxt[keep], done[keep], seq_ids[keep], positions[keep]
-            for layer in model.layers:
-                layer.attention.cache.k = layer.attention.cache.k[keep]
-                layer.attention.cache.v = layer.attention.cache.v[keep]
+            _set_rows(model, keep)
         slot = P + t
         args = (model, nxt[:, None], torch.tensor(slot, device=device), positions[:, slot:slot + 1], seq_ids)
         try:
@@ -234,19 +298,12 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, *, num_sample
             if step is decode_step:
                 raise
             if not _fallback_warned:
-                print(f"generate: compiled decode step unavailable for batch {B}, cache {S} "
-                      f"({str(e).splitlines()[0]}): decoding eagerly", flush=True)
+                print(f"generate: compiled decode step unavailable for batch {len(live)}, cache "
+                      f"{seq_ids.shape[1]} ({str(e).splitlines()[0]}): decoding eagerly", flush=True)
                 _fallback_warned.append(True)
             step = decode_step
             logits = step(*args)
-    model.clear_cache()
-
-    stop_set = set(stop_ids)
-    result = []
-    for row in out[:, :n].tolist():
-        end = next((j + 1 for j, tok in enumerate(row) if tok in stop_set), len(row))
-        result.append(row[:end])
-    return result
+    return out[:, :n].tolist()
 
 
 def generate_many(model, prompts: list[list[int]], max_new_tokens: int, batch_size: int = 64,
@@ -257,7 +314,7 @@ def generate_many(model, prompts: list[list[int]], max_new_tokens: int, batch_si
 
     Under torch.distributed (FSDP), each rank takes every world-th prompt, all ranks run the same
     number of batches (a rank with none left repeats a dummy one), and results are gathered."""
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+    rank, world = rank_world()
     order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), prompts[i]))[rank::world]
     per_batch = max(1, batch_size // num_samples)
     n_batches = -(-len(order) // per_batch)
@@ -279,7 +336,7 @@ def generate_many(model, prompts: list[list[int]], max_new_tokens: int, batch_si
             eta = dt / (b + 1) * (n_batches - b - 1)
             print(f"  {progress}: batch {b + 1}/{n_batches}  {n_tok * world / dt:,.0f} new tok/s  "
                   f"elapsed {dt:.0f}s  eta {eta:.0f}s", flush=True)
-    model.clear_cache(free=True)  # the reusable CUDA cache is for repeated calls of one shape only
+    free_cache_pool(model)  # the pooled CUDA caches are for repeated calls of one shape only
     STATS["new_tokens"] += n_tok * world
     STATS["seconds"] += time.time() - t0
     if world > 1:

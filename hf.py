@@ -1,9 +1,9 @@
 """Hugging Face folders: read and write (config.json, model.safetensors or its sharded index,
 generation_config.json), for the Llama family: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM.
 
-Imports: torch, and from model.py only ModelArgs, Transformer, build_from_state_dict and the atomic writes,
-since this file maps another layout onto that model. The tokenizer files are tokenizer.py's job
-(Tokenizer.from_hf_dir / Tokenizer.save_hf); model.load_model and save_hf below join the two.
+Imports: torch; from model.py ModelArgs and Transformer, since this file maps another layout onto that
+model; checkpoint.build_from_state_dict, and common.py's atomic writes and JSON reader. The tokenizer files are tokenizer.py's job
+(Tokenizer.from_hf_dir / Tokenizer.save_hf); checkpoint.load_model and save_hf below join the two.
 
 Safetensors are read and written by the few lines below, not by the `safetensors` package: the format
 is an 8-byte little-endian header length, a JSON header (dtype, shape, data_offsets of each tensor),
@@ -29,7 +29,9 @@ import sys
 
 import torch
 
-from model import ModelArgs, Transformer, atomic_write, atomic_write_text, build_from_state_dict, read_json_object
+from checkpoint import build_from_state_dict
+from common import atomic_write, atomic_write_text, read_json_object
+from model import ModelArgs, Transformer
 
 CONFIG, WEIGHTS, INDEX, GENERATION = ("config.json", "model.safetensors", "model.safetensors.index.json",
                                       "generation_config.json")

@@ -21,9 +21,9 @@ of the method is the same code:
 Only evaluation reads a ground truth. Every stage writes its artifacts atomically under --run-dir, and a
 killed run resumes from them with the same command.
 
-Imports: torch; the project's dpo.py (training), judge.py (rubrics, judging), generate.py (sampling),
-evaluation.py (evaluation, report), data.py (the data contract, readers), tokenizer.py, model.py, and the
-worlds toyworld.py / realworld.py.
+Imports: torch; the project's dpo.py (training), sharding.py (loading, FSDP2), judge.py (rubrics, judging),
+generate.py (sampling), evaluation.py (evaluation, report), data.py (the data contract, readers),
+common.py (files, ranks), tokenizer.py, model.py, and the worlds toyworld.py / realworld.py.
 """
 import argparse
 import json
@@ -41,8 +41,10 @@ import dpo
 import evaluation as E
 import generate
 import judge as J
+import sharding
 import toyworld
-from evaluation import barrier, log, respond, sampling, write_json
+from common import barrier, init_distributed, is_main, log, rank_world, read_jsonl, write_json, write_jsonl
+from evaluation import respond, sampling
 from model import PRESETS, Transformer, preset
 from tokenizer import Tokenizer
 
@@ -95,7 +97,7 @@ class Config:
     pairs_from: str = "judge"  # "random": a control, not the method; a random candidate is chosen over
     # another, with no judging, to show how much of the gain comes from the judge rather than from DPO itself
     dpo_epochs: float = 1.0
-    dpo_lr: float = 3e-5  # higher over-optimised the toy: responses collapsed to 2-3 words (README)
+    dpo_lr: float = 3e-5  # higher over-optimised the toy: responses collapsed (README, Measured figures)
     dpo_min_lr: float = 3e-6
     dpo_batch: int = 16
     beta: float = 0.1
@@ -103,7 +105,7 @@ class Config:
     rpo_alpha: float = 1.0  # Iterative RPO's NLL term on the chosen response (Pang et al. 2024); 0 = the
     # paper's plain DPO (README: what each gave)
     # evaluation
-    n_eval: int = 400  # held-out prompts (>= 400: 80 was too noisy in a probe)
+    n_eval: int = 400  # held-out prompts; with far fewer, the models' differences drown in sampling noise
     n_rm: int = 100  # held-out reward-modelling prompts, each with 4 responses of differing true score
     eval_greedy: bool = True  # also greedy quality (a second pass over the held-out prompts)
     eval_m0: bool = False  # also evaluate M0 (an --init model, e.g. an instruct model), the baseline that
@@ -114,8 +116,8 @@ class Config:
     batch_size: int = 256  # generation rows per batch
 
 
-# --world real: a 135M model on a 2-core CPU in about an hour (README, "The real run"). Flags given on the
-# command line win over these.
+# --world real: sized for a 135M model on a 2-core CPU (README, "The real run", gives its time). Flags given
+# on the command line win over these.
 REAL_DEFAULTS = dict(run_dir="runs/real-seed0", n_ift=192, n_eft=192, sft_steps=48, sft_lr=5e-5, sft_min_lr=5e-6,
                      sft_batch=8, dropout=0.0, n_prompts=96, max_prompt_tokens=96, n_eval=300, n_rm=50,
                      max_response_tokens=160, max_judge_tokens=64, dpo_lr=5e-6, dpo_min_lr=5e-7, dpo_batch=8,
@@ -126,16 +128,6 @@ NONE_DEFAULTS = dict(run_dir="runs/data-seed0", dropout=0.0, eval_greedy=False, 
 
 
 # ----------------------------------------------------------------------------- small utilities
-
-def is_main() -> bool:
-    """Under torchrun every rank runs the loop; rank 0 alone writes files."""
-    return E.rank() == 0
-
-
-def write_jsonl(path: str, rows: list[dict]):
-    if is_main():
-        D.write_jsonl(path, rows)
-
 
 class Timings:
     """Wall time per stage (and what generate.py produced in it), kept in run_dir/timings.json so that a
@@ -155,7 +147,8 @@ class Timings:
         self.data[os.path.relpath(path, self.run_dir)] = {
             "seconds": round(time.time() - t0, 1), "new_tokens": generate.STATS["new_tokens"] - tok0,
             "generate_seconds": round(generate.STATS["seconds"] - gen0, 1)}
-        write_json(self.path, self.data)
+        if is_main():
+            write_json(self.path, self.data)
         return out
 
 
@@ -166,20 +159,33 @@ def timed(path: str, make):
     return TIMINGS.run(path, make) if TIMINGS is not None else make()
 
 
+def resume(done: bool, what: str, load, make):
+    """The resume rule of every stage: a finished stage (done) is loaded, not made again. Every rank has
+    looked before rank 0 can write; make() is a collective under torchrun, after which every rank waits
+    until rank 0 has written the artifact."""
+    barrier()
+    if done:
+        log(f"reusing {what}")
+        return load()
+    out = make()
+    barrier()
+    return out
+
+
 def stage(path: str, make, kind: str = "jsonl"):
-    """Reuse a finished stage's artifact, or make it (timed) and write it atomically."""
-    exists = os.path.exists(path)
-    barrier()  # under torchrun: every rank has looked before rank 0 can write it
-    if exists:
-        log(f"reusing {path}")
+    """A stage whose artifact is one file: reused if it exists, else made (timed) and written atomically."""
+    def load():
         if kind == "jsonl":
-            return D.read_jsonl(path)
+            return read_jsonl(path)
         with open(path, encoding="utf-8") as f:
             return json.load(f)
-    out = timed(path, make)  # under torchrun: a collective; every rank ends with the same rows
-    (write_jsonl if kind == "jsonl" else write_json)(path, out)
-    barrier()  # no rank reads what rank 0 has not finished writing
-    return out
+
+    def make_and_write():
+        out = timed(path, make)  # under torchrun: a collective; every rank ends with the same rows
+        if is_main():
+            (write_jsonl if kind == "jsonl" else write_json)(path, out)
+        return out
+    return resume(os.path.exists(path), path, load, make_and_write)
 
 
 def rouge_l(a: str, b: str) -> float:
@@ -289,31 +295,35 @@ def train_stage(cfg: Config, name: str, init, examples, train_cfg: dpo.TrainConf
     run_dir/name, or load it if that is done. The trainer checkpoints as it goes, so a killed stage
     resumes mid-way. Returns the saved weights (identical whether resumed or not) in eval mode."""
     out = os.path.join(cfg.run_dir, name)
-    done = os.path.exists(os.path.join(out, "params.json"))
-    barrier()
-    if done:
-        log(f"reusing {out}")
+
+    def make():
+        model = initial_model(cfg, init, tok)
+        log(f"== {name}: {train_cfg.mode}, {len(examples)} examples, {train_cfg.steps} steps")
+        train_cfg.out, train_cfg.save_every, train_cfg.resume = out, max(train_cfg.steps // 4, 1), True
+        timed(out, lambda: dpo.train(model, examples, train_cfg, tokenizer=tok))
         return load_stage_model(cfg, out)
+    return resume(os.path.exists(os.path.join(out, "params.json")), out, lambda: load_stage_model(cfg, out), make)
+
+
+def initial_model(cfg: Config, init, tok):
+    """What a training stage starts from: a preset name (random weights, the vocabulary rounded up from the
+    tokenizer's), a checkpoint directory, or a model in memory (trained in place)."""
     if isinstance(init, str) and init in PRESETS:
         model = Transformer(preset(init, vocab_size=-(-tok.n_words // 64) * 64)).to(cfg.device)
         model.init_weights(seed=cfg.seed)
-        if dpo.rank_world()[1] > 1:
-            dpo.shard_model(model, torch.device(cfg.device))
-    elif isinstance(init, str):
-        model = load_stage_model(cfg, init)
-    else:
-        model = init
-    log(f"== {name}: {train_cfg.mode}, {len(examples)} examples, {train_cfg.steps} steps")
-    train_cfg.out, train_cfg.save_every, train_cfg.resume = out, max(train_cfg.steps // 4, 1), True
-    timed(out, lambda: dpo.train(model, examples, train_cfg, tokenizer=tok))
-    return load_stage_model(cfg, out)
+        if rank_world()[1] > 1:
+            sharding.shard_model(model, torch.device(cfg.device))
+        return model
+    if isinstance(init, str):
+        return load_stage_model(cfg, init)
+    return init
 
 
 def load_stage_model(cfg: Config, path: str):
-    """A stage's checkpoint. Under torchrun it is sharded with FSDP2 (dpo.load_for_training: no rank holds
+    """A stage's checkpoint. Under torchrun it is sharded with FSDP2 (sharding.load_for_training: no rank holds
     the whole model on its device), and training, generation and scoring all run on the shards, the ranks
     in lockstep."""
-    return dpo.load_for_training(path, cfg.device, cfg.seed)[0].eval()
+    return sharding.load_for_training(path, cfg.device, cfg.seed)[0].eval()
 
 
 def pretraining_text(cfg: Config) -> list[dict]:
@@ -350,7 +360,8 @@ def aift_iteration(model, tok, cfg: Config, t: int, data: dict, earlier_prompts:
         exclude = {r["prompt"].lower() for r in data["eval"]} | {g["instruction"].lower() for g in data["rm"]}
         rows, stats = create_prompts(prompt_model if cfg.prompt_model == "base" else model, tok, cfg,
                                      [r["prompt"] for r in data["ift"]], earlier_prompts, seed + 1, exclude)
-        write_json(os.path.join(d, "prompt_stats.json"), stats)
+        if is_main():
+            write_json(os.path.join(d, "prompt_stats.json"), stats)
         log(f"self-instruct: {stats}")
         return rows
     prompts = stage(os.path.join(d, "prompts.jsonl"), make_prompts)
@@ -373,7 +384,8 @@ def aift_iteration(model, tok, cfg: Config, t: int, data: dict, earlier_prompts:
     def make_pairs():
         pairs, stats = build_pairs(candidates, judgments)
         stats["parse_rate"] = J.parse_rate(judgments)
-        write_json(os.path.join(d, "pair_stats.json"), stats)
+        if is_main():
+            write_json(os.path.join(d, "pair_stats.json"), stats)
         log(f"pairs: {stats}")
         # Reference log-probs of M_t, computed once and stored with the pairs (Section 2.3: the reference
         # model is M_t); the policy then trains without a second model in memory, on the same token ids.
@@ -387,10 +399,10 @@ def aift_iteration(model, tok, cfg: Config, t: int, data: dict, earlier_prompts:
         log(f"WARNING: AIFT({mt}) built no preference pairs; M{t + 1} = {mt}")
         out = os.path.join(cfg.run_dir, f"M{t + 1}")
         if not os.path.exists(os.path.join(out, "params.json")):
-            dpo.save_final(model, out, tok)  # under FSDP: gathered to rank 0, which writes
+            sharding.save_final(model, out, tok)  # under FSDP: gathered to rank 0, which writes
         return model, [p["prompt"] for p in prompts], pair_stats, pairs
     steps = max(1, round(cfg.dpo_epochs * len(examples) / cfg.dpo_batch))
-    world = dpo.rank_world()[1]  # the global batch stays cfg.dpo_batch; each rank takes its share
+    world = rank_world()[1]  # the global batch stays cfg.dpo_batch; each rank takes its share
     train_cfg = dpo.TrainConfig(mode="dpo", steps=steps, batch_size=cfg.dpo_batch, micro_batch_size=cfg.dpo_batch // world,
                                 lr=cfg.dpo_lr, min_lr=cfg.dpo_min_lr, beta=cfg.beta, rpo_alpha=cfg.rpo_alpha, dropout=cfg.dropout,
                                 seed=seed + 4, log_every=max(steps // 5, 1), max_len=max_len)
@@ -418,7 +430,7 @@ def base_model(cfg: Config, world):
     init = cfg.init or ("" if world is not None and world.NAME == "toy" else generate.smollm2_gguf_path())
     if not init:
         return None, Tokenizer.toy(toyworld.TOKENIZER_PATH), None
-    m0, tok = dpo.load_for_training(init, cfg.device, cfg.seed)
+    m0, tok = sharding.load_for_training(init, cfg.device, cfg.seed)
     if tok is None:
         raise SystemExit(f"--init {init}: no tokenizer found next to the weights")
     return m0.eval(), tok, init
@@ -429,16 +441,15 @@ def seed_data(cfg: Config, world) -> dict:
     in data.py's contract: the world's own, or a user's folder (--data). Copied into run_dir/data once and
     reused from there, so a resumed run trains on the same data."""
     data_dir = os.path.join(cfg.run_dir, "data")
-    if all(os.path.exists(os.path.join(data_dir, f"{k}.jsonl")) for k in D.REQUIRED_FILES):
+
+    def make():
+        data = timed(data_dir, lambda: D.load_data_dir(cfg.data) if cfg.data else world.world_data(cfg))
         barrier()
-        log(f"reusing {data_dir}")
-        return D.load_data_dir(data_dir)
-    data = timed(data_dir, lambda: D.load_data_dir(cfg.data) if cfg.data else world.world_data(cfg))
-    barrier()
-    if is_main():
-        D.write_data_dir(data_dir, data)
-    barrier()
-    return data
+        if is_main():
+            D.write_data_dir(data_dir, data)
+        return data
+    done = all(os.path.exists(os.path.join(data_dir, f"{k}.jsonl")) for k in D.REQUIRED_FILES)
+    return resume(done, data_dir, lambda: D.load_data_dir(data_dir), make)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -447,12 +458,13 @@ def run(cfg: Config) -> dict:
     global TIMINGS
     validate(cfg)
     t_start = time.time()
-    init_distributed(cfg)
+    cfg.device = init_distributed(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     os.makedirs(os.path.join(cfg.run_dir, "eval"), exist_ok=True)
-    write_json(os.path.join(cfg.run_dir, "config.json"), asdict(cfg))
+    if is_main():
+        write_json(os.path.join(cfg.run_dir, "config.json"), asdict(cfg))
     TIMINGS = Timings(cfg.run_dir)
     world = load_world(cfg)
     rubric = J.load_rubric(cfg.judge_prompt or (world.RUBRIC if world is not None else "fig2"))
@@ -466,7 +478,7 @@ def run(cfg: Config) -> dict:
         log(f"seed IFT demonstrations: {', '.join(f'{k} {v:.3f}' for k, v in seed_metrics.items() if isinstance(v, float))}")
 
     # M0: the toy base model, pretrained here (or the --init checkpoint, loaded above).
-    world_size = dpo.rank_world()[1]  # under torchrun the global batches stay the same; each rank takes its share
+    world_size = rank_world()[1]  # under torchrun the global batches stay the same; each rank takes its share
     if m0 is None:
         pre_cfg = dpo.TrainConfig(mode="pretrain", steps=cfg.pretrain_steps, batch_size=cfg.pretrain_batch,
                                   micro_batch_size=cfg.pretrain_batch // world_size, lr=cfg.pretrain_lr,
@@ -485,26 +497,24 @@ def run(cfg: Config) -> dict:
                               log_every=max(cfg.sft_steps // 10, 1), max_len=m0.args.max_seq_len)
     model = train_stage(cfg, "M1", init or os.path.join(cfg.run_dir, "M0"), sft_examples, sft_cfg, tok)
 
-    def evaluate(name, model, m1_responses=None, prev_responses=None):
-        path = os.path.join(cfg.run_dir, "eval", f"{name}.json")
-        fixed_judge = lambda: load_judge(cfg, tok)  # noqa: E731
-        go = lambda: E.evaluate(model, tok, cfg, name, data, world, rubric, m1_responses, prev_responses, fixed_judge)  # noqa: E731
-        return go() if os.path.exists(path) else timed(path, go)
+    def evaluate_stage(name, model, m1_responses=None, prev_responses=None):
+        return stage(os.path.join(cfg.run_dir, "eval", f"{name}.json"), lambda: E.evaluate_model(
+            model, tok, cfg, name, data, world, rubric, m1_responses, prev_responses, lambda: load_judge(cfg, tok)), "json")
 
-    baseline = [evaluate("M0", m0)] if cfg.eval_m0 and init else []
-    results = [evaluate("M1", model)]
+    baseline = [evaluate_stage("M0", m0)] if cfg.eval_m0 and init else []
+    results = [evaluate_stage("M1", model)]
     m1_responses = results[0]["responses"]
     mtbench(cfg, model, tok, "M1")
     earlier, iteration_stats = [], []
     for t in range(1, cfg.iterations + 1):
         model, new_prompts, pair_stats, pairs = aift_iteration(model, tok, cfg, t, data, earlier, m0, rubric)
         earlier += new_prompts
-        truth = pair_truth(pairs, world)
+        truth = E.pair_truth(pairs, world)
         if truth is not None:
             pair_stats["truth"] = truth
             pair_stats["chosen_truly_better"] = truth["better"] / truth["graded"] if truth["graded"] else None
         iteration_stats.append(pair_stats)
-        results.append(evaluate(f"M{t + 1}", model, m1_responses, results[-1]["responses"]))
+        results.append(evaluate_stage(f"M{t + 1}", model, m1_responses, results[-1]["responses"]))
     if cfg.iterations:
         mtbench(cfg, model, tok, f"M{cfg.iterations + 1}")
     return E.report(cfg, world, baseline + results, iteration_stats, seed_metrics, time.time() - t_start, TIMINGS.data)
@@ -512,7 +522,7 @@ def run(cfg: Config) -> dict:
 
 def load_judge(cfg: Config, tok):
     """The fixed head-to-head judge (no ground truth): --h2h-judge with its own tokenizer, or this run's M1."""
-    model, judge_tok = dpo.load_for_training(cfg.h2h_judge or os.path.join(cfg.run_dir, "M1"), cfg.device, cfg.seed)
+    model, judge_tok = sharding.load_for_training(cfg.h2h_judge or os.path.join(cfg.run_dir, "M1"), cfg.device, cfg.seed)
     return model.eval(), judge_tok or tok
 
 
@@ -525,30 +535,6 @@ def mtbench(cfg: Config, model, tok, name: str):
     model_id = f"{os.path.basename(os.path.normpath(cfg.run_dir))}-{name}"
     stage(os.path.join(cfg.run_dir, "mtbench", f"{name}.jsonl"),
           lambda: E.mtbench_answers(model, tok, cfg, model_id, D.read_mtbench()))
-
-
-def init_distributed(cfg: Config):
-    """`torchrun --nproc_per_node N loop.py ...`: one process per device. Training stages shard the model
-    with FSDP2 (dpo.py); generation, judging and scoring split their prompts across ranks and gather."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
-        return
-    cuda = cfg.device.startswith("cuda")
-    dist.init_process_group("nccl" if cuda else "gloo")
-    if cuda:
-        cfg.device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
-        torch.cuda.set_device(cfg.device)
-
-
-def pair_truth(pairs: list[dict], world) -> dict | None:
-    """Diagnostic only (ground truth): over the pairs whose self-instructed prompt the world can grade, how
-    often the chosen response truly beats the rejected one, ties with it, or loses to it."""
-    if world is None:
-        return None
-    graded = [(world.score_text(p["prompt"], p["chosen"]), world.score_text(p["prompt"], p["rejected"]))
-              for p in pairs]
-    graded = [(c, r) for c, r in graded if c is not None]
-    return {"graded": len(graded), "better": sum(c > r for c, r in graded), "tie": sum(c == r for c, r in graded),
-            "worse": sum(c < r for c, r in graded)}
 
 
 def parse_args(argv=None) -> Config:

@@ -1,26 +1,28 @@
-"""A Llama-style transformer, written out by hand, with Meta's weight names.
+"""A Llama-style transformer, written out by hand, with Meta's weight names: the plain model, and nothing else.
 
 References:
   - meta-llama/llama3 model.py: ModelArgs from params.json, interleaved (complex) RoPE,
-    Llama 3.1 RoPE scaling, state_dict names.
+    Llama 3.1 RoPE scaling, state_dict names, forward(tokens, start).
   - pytorch-labs/gpt-fast: presets that include tiny sizes, a static preallocated KV cache.
-  - karpathy/nanoGPT: one config dataclass, shape comments, a fast path with a plain fallback.
+  - karpathy/nanoGPT: one config dataclass, shape comments.
   - FlexAttention (torch.nn.attention.flex_attention), fused by torch.compile, with an SDPA
     path that renders the same mask densely (CPU backward, where flex has none).
 
 One mask description serves every use: causal always, plus optional per-slot sequence ids,
 where -1 marks padding and different ids mark different documents packed in one row.
+
+Imports: torch alone, nothing from this project, so the file can be copied out whole. What sits
+beside it: checkpoint.py reads and writes weights (Meta, GGUF, Hugging Face), cpu_decode.py swaps
+faster Linear kernels in for the compiled CPU decode step, packing.py builds training's packed
+batches on top of Transformer.hidden.
 """
-import json
 import math
-import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torch.utils.weak
-from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 
 @dataclass
@@ -178,55 +180,17 @@ def flex_block_mask(q_start: int, q_len: int, kv_len: int, seq_ids: torch.Tensor
 _compiled_flex = torch.compile(flex_attention, dynamic=False)
 
 
-# ----------------------------------------------------------------------------- CPU decode kernels
+def attend(q, k, v, mask) -> torch.Tensor:
+    """Causal attention, by the kernel the mask's form asks for: a BlockMask -> compiled FlexAttention,
+    None -> SDPA's own causal kernel, a boolean tensor (dense_mask) -> SDPA with that mask.
+    q (B, nh, T, hd); k, v (B, nkv, S, hd), grouped-query when nkv < nh."""
+    gqa = q.shape[1] != k.shape[1]
+    if isinstance(mask, BlockMask):
+        return _compiled_flex(q, k, v, block_mask=mask, enable_gqa=gqa)
+    if mask is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
 
-# torch's fp32 F.linear on CPU calls MKL, whose kernels on the AMD EPYC we measured stream the weights
-# at a third of the speed they can be read (bench/roofline.py: 12.2 vs 36.8 GB/s). Decoding is nothing but streaming the
-# weights, so the compiled CPU decode step (generate.py) takes two other kernels, chosen per call:
-#   - one row (batch 1): the matrix-vector product written as (x * W).sum(-1), which inductor turns
-#     into one vectorised loop that reads each weight once;
-#   - more rows: oneDNN's linear, on a copy of the weight reordered once into oneDNN's blocked layout.
-# Eager code, training and other devices keep F.linear.
-_HAS_ONEDNN = torch.backends.mkldnn.is_available()
-_onednn_weights = torch.utils.weak.WeakIdKeyDictionary()  # weight -> (source, its _version then, packed copy)
-
-
-def _onednn_packed(weight: torch.Tensor) -> torch.Tensor:
-    """The oneDNN-packed copy of weight, made again whenever weight has changed: in place (an optimiser
-    step or load_state_dict bumps _version) or by a new .data (a new storage; the entry holds the old
-    one, so its address cannot be reused meanwhile). It costs the weight's memory again while weight lives."""
-    entry = _onednn_weights.get(weight)
-    if entry is None or entry[0].data_ptr() != weight.data_ptr() or entry[1] != weight._version:
-        source = weight.detach()
-        entry = (source, source._version, torch.ops.mkldnn._reorder_linear_weight(source))
-        _onednn_weights[weight] = entry
-    return entry[2]
-
-
-@torch.library.custom_op("srlm::onednn_linear", mutates_args=())
-def onednn_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x @ weight.T by oneDNN (CPU, fp32, no autograd). A custom op, so inductor calls it as one
-    opaque kernel and the packed weight never enters the compiled graph."""
-    return torch.ops.mkldnn._linear_pointwise(x, _onednn_packed(weight), None, "none", [], "")
-
-
-@onednn_linear.register_fake
-def _(x, weight):
-    return x.new_empty(*x.shape[:-1], weight.shape[0])
-
-
-class Linear(nn.Linear):
-    """nn.Linear that takes the CPU decode kernels above inside a compiled no-grad CPU fp32
-    graph, and is F.linear everywhere else."""
-
-    def forward(self, x):
-        w = self.weight
-        if (torch.compiler.is_compiling() and self.bias is None and x.device.type == "cpu"
-                and x.dtype == w.dtype == torch.float32 and not torch.is_grad_enabled() and _HAS_ONEDNN):
-            if x.numel() == x.shape[-1]:  # a single row: matrix-vector
-                return (x.unsqueeze(-2) * w).sum(-1)
-            return onednn_linear(x, w)
-        return F.linear(x, w, self.bias)
 
 
 # ----------------------------------------------------------------------------- modules
@@ -243,13 +207,13 @@ class RMSNorm(nn.Module):
 
 class KVCache(nn.Module):
     """Static, preallocated keys and values for every slot of a batch (gpt-fast style): shapes never
-    change during decoding, so a compiled decode step does not recompile and suits CUDA graphs."""
+    change during decoding, so a compiled decode step does not recompile and suits CUDA graphs.
+    k, v: (batch, n_kv_heads, max_len, head_dim)."""
 
-    def __init__(self, batch: int, n_kv_heads: int, max_len: int, head_dim: int, dtype, device):
+    def __init__(self, k: torch.Tensor, v: torch.Tensor):
         super().__init__()
-        shape = (batch, n_kv_heads, max_len, head_dim)
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("k", k, persistent=False)
+        self.register_buffer("v", v, persistent=False)
 
     def update(self, start, k, v):
         slots = start + torch.arange(k.shape[2], device=k.device)  # (T,)
@@ -262,10 +226,10 @@ class Attention(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
-        self.wq = Linear(args.dim, args.n_heads * self.head_dim, bias=args.qkv_bias)
-        self.wk = Linear(args.dim, args.n_kv_heads * self.head_dim, bias=args.qkv_bias)
-        self.wv = Linear(args.dim, args.n_kv_heads * self.head_dim, bias=args.qkv_bias)
-        self.wo = Linear(args.n_heads * self.head_dim, args.dim, bias=False)
+        self.wq = nn.Linear(args.dim, args.n_heads * self.head_dim, bias=args.qkv_bias)
+        self.wk = nn.Linear(args.dim, args.n_kv_heads * self.head_dim, bias=args.qkv_bias)
+        self.wv = nn.Linear(args.dim, args.n_kv_heads * self.head_dim, bias=args.qkv_bias)
+        self.wo = nn.Linear(args.n_heads * self.head_dim, args.dim, bias=False)
         self.cache: KVCache | None = None
 
     def forward(self, x, cos, sin, mask, start, past=None):
@@ -282,23 +246,16 @@ class Attention(nn.Module):
         elif past is not None:  # (1 or B, nkv, L, hd) + (B, nkv, T, hd) -> (B, nkv, L + T, hd)
             k = torch.cat([past[0].expand(B, -1, -1, -1), k], dim=2)
             v = torch.cat([past[1].expand(B, -1, -1, -1), v], dim=2)
-        kind, m = mask
-        if kind == "flex":
-            y = _compiled_flex(q, k, v, block_mask=m, enable_gqa=self.n_heads != self.n_kv_heads)
-        elif m is None:  # plain causal, no cache: let SDPA pick its fused causal kernel
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_heads != self.n_kv_heads)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=m, enable_gqa=self.n_heads != self.n_kv_heads)
-        y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, dim)
+        y = attend(q, k, v, mask).transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, dim)
         return self.wo(y), new_kv
 
 
 class FeedForward(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
-        self.w1 = Linear(args.dim, args.hidden_dim, bias=False)  # gate
-        self.w2 = Linear(args.hidden_dim, args.dim, bias=False)  # down
-        self.w3 = Linear(args.dim, args.hidden_dim, bias=False)  # up
+        self.w1 = nn.Linear(args.dim, args.hidden_dim, bias=False)  # gate
+        self.w2 = nn.Linear(args.hidden_dim, args.dim, bias=False)  # down
+        self.w3 = nn.Linear(args.dim, args.hidden_dim, bias=False)  # up
 
     def forward(self, x):
         return self.w2(F.silu(self.w1(x)) * self.w3(x))  # SwiGLU
@@ -325,11 +282,11 @@ class Transformer(nn.Module):
         if args.vocab_size <= 0:
             raise ValueError("ModelArgs.vocab_size is unset (-1): take it from the tokenizer or checkpoint")
         self.args = args
-        self.attn_impl = "auto"  # "auto" | "flex" | "sdpa"; see _mask
+        self.attn_impl = "auto"  # "auto" | "flex" | "sdpa"; see attention_mask
         self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
         self.layers = nn.ModuleList(TransformerBlock(args) for _ in range(args.n_layers))
         self.norm = RMSNorm(args.dim, args.norm_eps)
-        self.output = Linear(args.dim, args.vocab_size, bias=False)
+        self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
         if args.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
         self.register_buffer("rope_cos", torch.empty(0), persistent=False)
@@ -375,265 +332,76 @@ class Transformer(nn.Module):
         self.init_rope()
 
     def setup_cache(self, batch: int, max_len: int, dtype=None, device=None):
+        """Give every layer an empty KVCache for `batch` rows of `max_len` slots."""
         p = self.tok_embeddings.weight
         dtype, device = dtype or p.dtype, torch.device(device or p.device)
         if max_len > self.args.max_seq_len:
             raise ValueError(f"cache length {max_len} exceeds max_seq_len {self.args.max_seq_len}")
-        key = (batch, max_len, dtype, device)
-        if device.type == "cuda" and getattr(self, "_cache_pool_key", None) == key:
-            # Same shape as last time: reuse the same buffers, so a CUDA graph captured by the compiled
-            # decode step replays instead of re-recording for new addresses (gpt-fast keeps its cache).
-            for layer, cache in zip(self.layers, self._cache_pool):
-                cache.k.zero_(), cache.v.zero_()
-                layer.attention.cache = cache
-            return
+        shape = (batch, self.args.n_kv_heads, max_len, self.args.head_dim)
         for layer in self.layers:
-            layer.attention.cache = KVCache(batch, self.args.n_kv_heads, max_len, self.args.head_dim, dtype, device)
-        if device.type == "cuda":
-            self._cache_pool_key, self._cache_pool = key, [layer.attention.cache for layer in self.layers]
+            layer.attention.cache = KVCache(torch.zeros(shape, dtype=dtype, device=device),
+                                            torch.zeros(shape, dtype=dtype, device=device))
 
-    def clear_cache(self, free: bool = False):
-        """Detach the caches (training must never see one); free=True also drops the reusable CUDA ones."""
+    def clear_cache(self):
+        """Detach the caches: training and scoring must never see one."""
         for layer in self.layers:
             layer.attention.cache = None
-        if free:
-            self._cache_pool_key, self._cache_pool = None, None
 
     def num_params(self, exclude_embeddings: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())  # parameters() counts a tied tensor once
         return n - self.tok_embeddings.weight.numel() if exclude_embeddings else n
 
     # -- forward
-    def _mask(self, q_start, q_len, kv_len, seq_ids, device, cached: bool, shared=None):
-        """FlexAttention (compiled, block-sparse, fused forward and backward) for full sequences: training
-        and scoring. Generation with the KV cache uses SDPA on the dense mask instead: prompt lengths
-        vary (each new flex shape would recompile) and the decode step must keep static shapes for
-        CUDA graphs. CPU uses SDPA unless asked: flex has no backward there."""
+    def attention_mask(self, q_start, q_len: int, kv_len: int, seq_ids, shared, device, cached: bool):
+        """The mask in the form that picks the attention kernel (attend). FlexAttention (compiled,
+        block-sparse, fused forward and backward) for full sequences: training and scoring. With the KV
+        cache, SDPA on the dense mask: prompt lengths vary (each new flex shape would recompile) and the
+        decode step must keep static shapes for CUDA graphs. CPU uses SDPA unless asked: flex has no
+        backward there."""
         impl = self.attn_impl
         if impl == "auto":
             impl = "flex" if device.type == "cuda" else "sdpa"
         if impl == "flex" and not cached and isinstance(q_start, int):
-            return "flex", flex_block_mask(q_start, q_len, kv_len, seq_ids, device, shared)
+            return flex_block_mask(q_start, q_len, kv_len, seq_ids, device, shared)
         if seq_ids is None and kv_len == q_len and isinstance(q_start, int) and q_start == 0:
-            return "sdpa", None  # plain causal
-        return "sdpa", dense_mask(q_start, q_len, kv_len, seq_ids, device, shared)
+            return None  # plain causal
+        return dense_mask(q_start, q_len, kv_len, seq_ids, device, shared)
 
-    def forward(self, tokens, *, start=0, positions=None, seq_ids=None, shared=None, last_only: bool = False,
-                logits_at=None, prefix_kv=None, return_kv: bool = False):
-        """tokens (B, T) -> logits (B, T, vocab), or (B, 1, vocab) with last_only.
-
-        start: the cache slot of tokens[:, 0] (an int, or a 0-dim tensor in the compiled decode).
+    def forward(self, tokens, start=0, positions=None, seq_ids=None):
+        """tokens (B, T) -> logits (B, T, vocab). Meta's forward(tokens, start_pos), plus what a batch of
+        unequal rows needs:
+        start: the cache slot of tokens[:, 0] (an int, or a 0-dim tensor in the compiled decode step).
         positions: (B, T) RoPE positions; default start + arange(T). Left-padded rows pass their own.
-        seq_ids: (B, S) per key slot (S = T, or the cache length): -1 = padding, and tokens only
-            see earlier tokens with the same id (packed documents). None = plain causal.
+        seq_ids: (B, S) per key slot (S = T, or the cache length): -1 = padding, and tokens only see
+            earlier tokens with the same id (packed documents). None = plain causal."""
+        h, _ = self.hidden(tokens, start, positions, seq_ids)
+        return self.output(self.norm(h))
+
+    def hidden(self, tokens, start=0, positions=None, seq_ids=None, shared=None, past=None):
+        """forward without the last norm and output layer: the residual stream (B, T, dim) after the last
+        block, and each block's (k, v) of these tokens. For callers that want logits at some positions
+        only (training scores response tokens; prefill needs the last one) or reuse a prefix:
         shared: (B,) with seq_ids: the first shared[b] slots of row b are seen by all later tokens of the
             row (dense_mask): one prompt, then the sequences that continue it (a DPO pair, prompt once).
-        logits_at: (rows, cols) index tensors: logits (N, vocab) of those positions only. Training
-            scores response tokens alone, so the output layer (and its fp32 log-softmax) skips the rest.
-        prefix_kv / return_kv: shared-prefix training. `logits, kv = model(prefix[None], return_kv=True)`
-            runs a prefix that every row shares once; `model(rest, start=L, prefix_kv=kv)` then runs
-            each row's own tokens against it. Gradients flow into both (the prefix's summed over rows),
-            so this equals the full forward of the concatenation, at a fraction of the cost."""
+        past: the (k, v) per block of a prefix that every row shares (what hidden returned for it), run
+            once: hidden(rest, start=L, past=kv) then equals the full forward of the concatenation,
+            gradients included (the prefix's summed over the rows)."""
         B, T = tokens.shape
         cache = self.layers[0].attention.cache
         kv_len = cache.k.shape[2] if cache is not None else T
-        if prefix_kv is not None:
-            kv_len = prefix_kv[0][0].shape[2] + T
+        if past is not None:
+            kv_len = past[0][0].shape[2] + T
         if positions is None:
             positions = (start + torch.arange(T, device=tokens.device))[None]  # (1, T)
         cos, sin = self.rope_cos[positions], self.rope_sin[positions]  # (B or 1, T, hd/2)
-        mask = self._mask(start, T, kv_len, seq_ids, tokens.device, cached=cache is not None, shared=shared)
+        mask = self.attention_mask(start, T, kv_len, seq_ids, shared, tokens.device, cached=cache is not None)
         h = self.tok_embeddings(tokens)  # (B, T, dim)
         kvs = []
         for i, layer in enumerate(self.layers):
-            h, kv = layer(h, cos, sin, mask, start, None if prefix_kv is None else prefix_kv[i])
+            h, kv = layer(h, cos, sin, mask, start, None if past is None else past[i])
             kvs.append(kv)
-        if last_only:
-            h = h[:, -1:]
-        elif logits_at is not None:
-            h = h[logits_at]  # (N, dim)
-        logits = self.output(self.norm(h))
-        return (logits, kvs) if return_kv else logits
+        return h, kvs
 
-
-# ----------------------------------------------------------------------------- checkpoints
-
-def atomic_write(path, write):
-    """write(tmp) to a temporary name beside path, then rename it over path: readers (and a run resumed
-    after a kill) see the old file or the new one, never half of one."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path, text: str):
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-    atomic_write(path, write)
-
-
-def save_checkpoint(model: Transformer, directory: str, tokenizer=None):
-    """Meta's layout: params.json + consolidated.00.pth (+ tokenizer.model). Tied output is not stored."""
-    os.makedirs(directory, exist_ok=True)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()
-             if not (model.args.tie_embeddings and k == "output.weight")}
-    atomic_write(os.path.join(directory, "consolidated.00.pth"), lambda tmp: torch.save(state, tmp))
-    if tokenizer is not None:
-        tokenizer.save(directory)
-    atomic_write_text(os.path.join(directory, "params.json"), json.dumps(asdict(model.args), indent=2))
-
-
-# Meta's model-parallel layout: which dim each weight was split on across consolidated.NN.pth shards.
-_SHARD_DIM = {"wq": 0, "wk": 0, "wv": 0, "w1": 0, "w3": 0, "output": 0, "wo": 1, "w2": 1}
-
-
-def merge_meta_shards(shards: list[dict], dim: int) -> dict:
-    """Merge model-parallel shards. Norms are replicated (taken from shard 0). tok_embeddings
-    are split on the vocab (dim 0) in Llama 3 and on the hidden size (dim 1) in Llama 2."""
-    if len(shards) == 1:
-        return shards[0]
-    merged = {}
-    for key, t0 in shards[0].items():
-        parts = [s[key] for s in shards]
-        name = key.split(".")[-2]
-        if name in _SHARD_DIM:
-            merged[key] = torch.cat(parts, dim=_SHARD_DIM[name])
-        elif name == "tok_embeddings":
-            merged[key] = torch.cat(parts, dim=1 if t0.shape[1] * len(shards) == dim else 0)
-        else:
-            merged[key] = t0
-    return merged
-
-
-def _check_shapes(model: Transformer, state: dict, source: str):
-    expected = model.state_dict()
-    for key, t in state.items():
-        if key not in expected:
-            raise ValueError(f"{source}: unexpected tensor {key!r} (shape {tuple(t.shape)}) not in the model")
-        if tuple(t.shape) != tuple(expected[key].shape):
-            raise ValueError(f"{source}: tensor {key!r} has shape {tuple(t.shape)} but params imply "
-                             f"{tuple(expected[key].shape)}")
-    missing = [k for k in expected if k not in state and not (k == "output.weight" and model.args.tie_embeddings)]
-    if missing:
-        raise ValueError(f"{source}: missing tensors {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-
-
-def build_from_state_dict(args: ModelArgs, state: dict, source: str, device="cpu", dtype=torch.float32):
-    """Create the model on the meta device and assign the loaded tensors into it (no double copy)."""
-    with torch.device("meta"):
-        model = Transformer(args)
-    _check_shapes(model, state, source)
-    state = {k: v.to(device=device, dtype=dtype) for k, v in state.items()}
-    model.load_state_dict(state, strict=False, assign=True)
-    if args.tie_embeddings:  # assign=True replaced the shared Parameter: tie again
-        model.output.weight = model.tok_embeddings.weight
-    model.init_rope()
-    return model.to(device)
-
-
-def read_json_object(path: str) -> dict:
-    """A JSON file holding one object (params.json, config.json, an index), with errors naming the file."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"missing {path}")
-    with open(path, encoding="utf-8") as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: line {e.lineno}: invalid JSON ({e.msg})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
-
-
-def load_meta_checkpoint(directory: str, device="cpu", dtype=torch.float32):
-    """params.json + consolidated.NN.pth (1 or more model-parallel shards) -> Transformer."""
-    params_path = os.path.join(directory, "params.json")
-    params = read_json_object(params_path)
-    shard_paths = sorted(p for p in os.listdir(directory) if p.startswith("consolidated.") and p.endswith(".pth"))
-    if not shard_paths:
-        raise FileNotFoundError(f"no consolidated.NN.pth in {directory}")
-    shards = [torch.load(os.path.join(directory, p), map_location="cpu", mmap=True, weights_only=True)
-              for p in shard_paths]
-    state = merge_meta_shards(shards, params["dim"])
-    if params.get("vocab_size", -1) <= 0:  # Llama 2: the vocabulary size comes from the weights
-        params["vocab_size"] = state["tok_embeddings.weight"].shape[0]
-    if "tie_embeddings" not in params:  # Meta's params.json has no such field: a missing output ties
-        params["tie_embeddings"] = "output.weight" not in state
-    args = ModelArgs.from_params(params, source=params_path)
-    return build_from_state_dict(args, state, f"{directory}/{shard_paths[0]}", device, dtype)
-
-
-# llama.cpp names -> Meta names. GGUF stores q/k rows in Meta's interleaved RoPE order already.
-_GGUF_NAMES = {"attn_q": "attention.wq", "attn_k": "attention.wk", "attn_v": "attention.wv",
-               "attn_output": "attention.wo", "ffn_gate": "feed_forward.w1", "ffn_down": "feed_forward.w2",
-               "ffn_up": "feed_forward.w3", "attn_norm": "attention_norm", "ffn_norm": "ffn_norm"}
-
-
-def load_gguf(path: str, device="cpu", dtype=torch.float32):
-    """A llama-architecture GGUF file (e.g. SmolLM2's Q4_1/Q8_0) -> dequantized fp32 Transformer."""
-    import gguf  # optional dependency: reads and dequantizes GGUF files
-
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"missing {path}")
-    reader = gguf.GGUFReader(path)
-
-    def field(name, default=None):
-        f = reader.fields.get(name)
-        return default if f is None else f.contents()
-
-    arch = field("general.architecture")
-    if arch != "llama":
-        raise ValueError(f"{path}: general.architecture is {arch!r}, only 'llama' is supported")
-    state = {}
-    for t in reader.tensors:
-        w = torch.from_numpy(gguf.quants.dequantize(t.data, t.tensor_type).copy())
-        w = w.reshape([int(n) for n in reversed(t.shape)])  # GGUF lists dims fastest-first
-        if t.name == "token_embd.weight":
-            state["tok_embeddings.weight"] = w
-        elif t.name == "output_norm.weight":
-            state["norm.weight"] = w
-        elif t.name == "output.weight":
-            state["output.weight"] = w
-        elif t.name.startswith("blk."):
-            _, i, kind, _ = t.name.split(".")
-            state[f"layers.{i}.{_GGUF_NAMES[kind]}.weight"] = w
-    n_heads = int(field("llama.attention.head_count"))
-    key_length = field("llama.attention.key_length")
-    args = ModelArgs(
-        dim=int(field("llama.embedding_length")), n_layers=int(field("llama.block_count")), n_heads=n_heads,
-        n_kv_heads=int(field("llama.attention.head_count_kv", n_heads)),
-        vocab_size=state["tok_embeddings.weight"].shape[0], norm_eps=float(field("llama.attention.layer_norm_rms_epsilon")),
-        rope_theta=float(field("llama.rope.freq_base", 10000.0)),
-        max_seq_len=int(field("llama.context_length", 2048)), tie_embeddings="output.weight" not in state,
-        hidden_dim=int(field("llama.feed_forward_length")), head_dim=None if key_length is None else int(key_length))
-    return build_from_state_dict(args, state, path, device, dtype)
-
-
-def load_model(path: str, device="cpu", dtype=torch.float32, seed: int = 0):
-    """A preset name (random init), a .gguf file, a Meta-layout directory or a Hugging Face folder
-    (config.json + model.safetensors[.index.json]) -> (model, tokenizer or None)."""
-    if path in PRESETS:
-        with torch.device("meta"):
-            model = Transformer(preset(path))
-        model.to_empty(device=device)
-        model.init_weights(seed=seed)
-        return model.to(dtype), None
-    if path.endswith(".gguf"):
-        from tokenizer import Tokenizer
-        return load_gguf(path, device, dtype), Tokenizer.from_gguf(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no checkpoint at {path!r} (expected a preset name, a .gguf file, a directory "
-                                f"with params.json or a Hugging Face folder); presets: {sorted(PRESETS)}")
-    if not os.path.exists(os.path.join(path, "params.json")) and os.path.exists(os.path.join(path, "config.json")):
-        import hf  # Hugging Face folders: the reader lives beside the model, not inside it
-        model = hf.load_hf(path, device, dtype)
-        if not os.path.exists(os.path.join(path, "tokenizer.json")):
-            return model, None
-        from tokenizer import Tokenizer
-        return model, Tokenizer.from_hf_dir(path)
-    model = load_meta_checkpoint(path, device, dtype)
-    if not os.path.exists(os.path.join(path, "tokenizer.model")):
-        return model, None
-    from tokenizer import Tokenizer
-    return model, Tokenizer.from_dir(path)
+    def logits(self, h):
+        """The last norm and the output layer, on the rows of hidden's output a caller picked."""
+        return self.output(self.norm(h))

@@ -12,11 +12,10 @@ References:
 Plain text never yields special ids: `encode` uses `encode_ordinary`, so a user typing "<|eot_id|>" gets
 ordinary text tokens. Only `encode_dialog` places special tokens: those the chat format (or template) writes.
 
-Imports: regex, tiktoken; jinja2 (installed with torch) to render chat templates, gguf in from_gguf, and
-model.atomic_write to write files, each only where used.
+Imports: regex, tiktoken; chat_template.py (Jinja chat templates, rendered as transformers does), gguf in
+from_gguf, and common.atomic_write to write files (a reader never sees half a file), each only where used.
 """
 import base64
-import datetime
 import json
 import os
 import pathlib
@@ -24,6 +23,9 @@ import unicodedata
 
 import regex
 import tiktoken
+
+from chat_template import SLOT, builtin_template, compile_template, slot
+from common import atomic_write, read_json_object
 
 LLAMA3_PAT_STR = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 # SmolLM2 pre-tokenizes in two stages (HF: Digits(individual) then the GPT-2 ByteLevel regex; llama.cpp
@@ -46,7 +48,6 @@ HF_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token
 
 
 def _write(path, data: bytes) -> None:
-    from model import atomic_write  # the project's one atomic-write helper: a reader never sees half a file
     atomic_write(os.fspath(path), lambda tmp: pathlib.Path(tmp).write_bytes(data))
 
 
@@ -81,16 +82,6 @@ def _load_dense_ranks(path) -> dict[bytes, int]:
     if sorted(ranks.values()) != list(range(len(ranks))):
         raise ValueError(f"{path}: ranks must be exactly 0..{len(ranks) - 1}, each once")
     return ranks
-
-
-def _read_json(path) -> dict:
-    try:
-        data = json.loads(pathlib.Path(path).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}, line {e.lineno}: not valid JSON ({e.msg})") from e
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object at the top level")
-    return data
 
 
 def gpt2_unicode_to_byte() -> dict[str, int]:
@@ -252,56 +243,6 @@ def _hf_chat_template(directory, config: dict, path) -> str | None:
     return t
 
 
-# ----------------------------------------------------------------------------- chat templates
-# User content must never become special tokens. So a template is rendered with a slot in place of each
-# message's content; the text is split at the special tokens the template itself wrote; each content goes
-# back into its slot; and the text between two specials is encoded in one piece, as transformers does.
-# A slot is private-use brackets around the message index, padded with \x1f, which str.strip (Jinja's
-# `trim`) removes: a missing pad shows that the template trims the content on that side.
-_SLOT = regex.compile("(\x1f?)\ue000(\\d+)\ue001(\x1f?)")
-
-
-def _slot(i: int) -> str:
-    return f"\x1f\ue000{i}\ue001\x1f"
-
-
-def _compile_template(source: str, where: str):
-    """A chat template as transformers renders it: sandboxed Jinja with trim_blocks, lstrip_blocks and
-    loop controls; its tojson (no HTML escaping), raise_exception and strftime_now."""
-    import jinja2
-    from jinja2 import ext, sandbox
-
-    def raise_exception(message):
-        raise jinja2.TemplateError(message)
-
-    env = sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[ext.loopcontrols])
-    env.filters["tojson"] = lambda x, ensure_ascii=False, **kw: json.dumps(x, ensure_ascii=ensure_ascii, **kw)
-    env.globals.update(raise_exception=raise_exception, strftime_now=lambda fmt: datetime.datetime.now().strftime(fmt))
-    try:
-        return env.from_string(source)
-    except jinja2.TemplateSyntaxError as e:
-        raise ValueError(f"{where}: chat template, line {e.lineno}: {e.message}") from e
-
-
-def _builtin_template(chat_format: str, default_system: str | None) -> str:
-    """The hand-written formats as Jinja, for save_hf: transformers renders them into our ids.
-    (A JSON string is a valid Jinja string literal: Jinja unescapes as Python does.)"""
-    if chat_format == "llama3":
-        return ("{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + "
-                "'<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}"
-                "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}")
-    if chat_format == "chatml":
-        system = "" if default_system is None else (
-            "{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\\n' + "
-            f"{json.dumps(default_system, ensure_ascii=False)} + '<|im_end|>\\n' }}}}{{% endif %}}")
-        return ("{% for message in messages %}" + system + "{{ '<|im_start|>' + message['role'] + '\\n' + "
-                "message['content'] + '<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}"
-                "{{ '<|im_start|>assistant\\n' }}{% endif %}")
-    return ("{% for message in messages %}{% if message['role'] == 'system' %}{{ raise_exception("
-            "'the toy chat format has no system turn') }}{% endif %}{{ '<|' + message['role'] + '|>' + "
-            "message['content'] + '<|end|>' }}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}")
-
-
 class Tokenizer:
     """tiktoken.Encoding plus special ids and a chat format: "llama3" | "chatml" | "toy" (written by hand
     here) or "template" (a Hugging Face Jinja chat template, rendered as transformers renders it).
@@ -334,7 +275,7 @@ class Tokenizer:
         # SmolLM2 lacks 21 single bytes (rare control chars, invalid UTF-8 leads): tiktoken would panic on
         # text needing them, so such characters become U+FFFD (HF would emit its unknown token).
         self._missing = bytes(b for b in range(256) if bytes([b]) not in mergeable_ranks)
-        self.chat_template = chat_template if chat_format == "template" else _builtin_template(chat_format, default_system)
+        self.chat_template = chat_template if chat_format == "template" else builtin_template(chat_format, default_system)
         if chat_format == "template" and chat_template is not None:
             self._init_template()
 
@@ -417,20 +358,20 @@ class Tokenizer:
         response = response.lstrip() if lstrip else response
         return self.encode((response.rstrip() if rstrip else response) + suffix) + [self.eot_id]
 
-    # ---- chat templates (see _SLOT) ----------------------------------------------------------------
+    # ---- chat templates (see SLOT) ----------------------------------------------------------------
     def _init_template(self) -> None:
         """Compile the template; find by rendering what follows an assistant's content (text, usually none,
         then the end-of-turn token) and whether the template trims that content."""
-        self._template = _compile_template(self.chat_template, f"tokenizer {self.name!r}")
+        self._template = compile_template(self.chat_template, f"tokenizer {self.name!r}")
         by_length = sorted(self.special_tokens, key=len, reverse=True)  # longest first, as HF matches them
         self._special_re = regex.compile("(" + "|".join(map(regex.escape, by_length)) + ")")
-        shape = self._render([{"role": "user", "content": _slot(0)}, {"role": "assistant", "content": _slot(1)}], False)
-        slot = next((m for m in _SLOT.finditer(shape) if m[2] == "1"), None)
-        end = self._special_re.search(shape, slot.end()) if slot else None
+        shape = self._render([{"role": "user", "content": slot(0)}, {"role": "assistant", "content": slot(1)}], False)
+        found = next((m for m in SLOT.finditer(shape) if m[2] == "1"), None)
+        end = self._special_re.search(shape, found.end()) if found else None
         if end is None:
             raise ValueError(f"tokenizer {self.name!r}: the chat template writes no special token after an "
                              "assistant message, so there is no end-of-turn token")
-        self._response_form = (not slot[1], not slot[3], shape[slot.end():end.start()])
+        self._response_form = (not found[1], not found[3], shape[found.end():end.start()])
         self.eot_id = self.special_tokens[end[0]]
         self.stop_ids |= {self.eot_id} | ({self.eos_id} if self.eos_id is not None else set())
 
@@ -449,15 +390,15 @@ class Tokenizer:
             raise ValueError(f"tokenizer {self.name!r}: the chat template failed: {e}") from e
 
     def _encode_with_template(self, messages: list[dict], add_generation_prompt: bool) -> list[int]:
-        shape = self._render([{"role": m["role"], "content": _slot(i)} for i, m in enumerate(messages)], add_generation_prompt)
+        shape = self._render([{"role": m["role"], "content": slot(i)} for i, m in enumerate(messages)], add_generation_prompt)
 
-        def fill(slot):  # the content, trimmed on each side where the template dropped the slot's pad
-            text = messages[int(slot[2])]["content"]
-            text = text if slot[1] else text.lstrip()
-            return text if slot[3] else text.rstrip()
+        def fill(m):  # the content of slot match m, trimmed on each side where the template dropped its pad
+            text = messages[int(m[2])]["content"]
+            text = text if m[1] else text.lstrip()
+            return text if m[3] else text.rstrip()
 
         # A template that looks inside content (Qwen3 splits off reasoning) makes the slots unfaithful.
-        if _SLOT.sub(fill, shape) != self._render(messages, add_generation_prompt):
+        if SLOT.sub(fill, shape) != self._render(messages, add_generation_prompt):
             raise ValueError(f"tokenizer {self.name!r}: the chat template changes message content beyond trimming "
                              "it, so the content cannot be placed as plain text")
         ids = []
@@ -465,7 +406,7 @@ class Tokenizer:
             if k % 2:  # a special token the template wrote
                 ids.append(self.special_tokens[piece])
             elif piece:
-                ids += self.encode(_SLOT.sub(fill, piece))
+                ids += self.encode(SLOT.sub(fill, piece))
         return ids
 
     # ---- files -------------------------------------------------------------------------------------
@@ -489,7 +430,7 @@ class Tokenizer:
         model_path, config_path = os.path.join(directory, MODEL_FILE), os.path.join(directory, CONFIG_FILE)
         if not os.path.exists(config_path):
             return cls.llama3(model_path)
-        config = _read_json(config_path)
+        config = read_json_object(config_path)
         fields = ("name", "chat_format", "pat_str", "special_tokens", "bos_id", "eos_id", "pad_id", "eot_id", "stop_ids")
         missing = [k for k in fields if k not in config]
         if missing:
@@ -508,7 +449,7 @@ class Tokenizer:
         path, config_path = os.path.join(directory, HF_FILE), os.path.join(directory, CONFIG_FILE)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path}: not found (a Hugging Face tokenizer folder has {HF_FILE})")
-        tj, config = _read_json(path), _read_json(config_path) if os.path.isfile(config_path) else {}
+        tj, config = read_json_object(path), read_json_object(config_path) if os.path.isfile(config_path) else {}
         specials = _hf_added_tokens(tj, path)
         ranks = _hf_ranks(tj.get("model"), specials, path)  # first: "not a byte-level BPE" says the most
         names = _hf_token_names(config, specials, config_path)
@@ -516,7 +457,7 @@ class Tokenizer:
             raise ValueError(f"{config_path}: eos_token is missing; the tokenizer needs an end-of-sequence token")
         stop = {specials[names["eos_token"]]}
         if os.path.isfile(generation_path := os.path.join(directory, HF_GENERATION_FILE)):
-            extra = _read_json(generation_path).get("eos_token_id")
+            extra = read_json_object(generation_path).get("eos_token_id")
             stop |= {i for i in (extra if isinstance(extra, list) else [extra]) if i in specials.values()}
         return cls(name=os.path.basename(os.path.abspath(directory)), chat_format="template",
                    mergeable_ranks=ranks, special_tokens=specials, pat_str=_hf_pat_str(tj.get("pre_tokenizer"), path),

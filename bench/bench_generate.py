@@ -22,7 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from data import mtbench_path, read_mtbench  # noqa: E402
 from generate import generate, smollm2_gguf_path  # noqa: E402
-from model import load_model  # noqa: E402
+from checkpoint import load_model  # noqa: E402
 
 FALLBACK = ["What is the capital of France?", "Write a haiku about the sea.", "Explain photosynthesis simply.",
             "Give three tips for learning to code."]

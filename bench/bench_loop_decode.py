@@ -26,7 +26,7 @@ import evaluation as E  # noqa: E402
 import generate  # noqa: E402
 import judge as J  # noqa: E402
 import realworld  # noqa: E402
-from model import load_model  # noqa: E402
+from checkpoint import load_model  # noqa: E402
 
 
 def timed(fn):

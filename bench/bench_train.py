@@ -27,6 +27,8 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import dpo  # noqa: E402
+import sharding  # noqa: E402
+from common import write_json  # noqa: E402
 
 
 def synthetic_pairs(n: int, seq: int, vocab: int, seed: int = 0, refs: bool = True) -> list[dict]:
@@ -47,7 +49,7 @@ def flops_per_token(model, seq: int) -> float:
 
 
 def bench_ours(preset: str, pairs: int, seq: int, steps: int, warmup: int, device: str, compile: bool) -> dict:
-    model, _ = dpo.load_for_training(preset, device)
+    model, _ = sharding.load_for_training(preset, device)
     if compile:
         for layer in model.layers:
             layer.compile()
@@ -78,7 +80,7 @@ def memory_child(variant: str, preset: str, pairs: int, seq: int, steps: int, de
         with open("/proc/self/status") as f:
             return next(int(line.split()[1]) for line in f if line.startswith(field)) / 1024
     base = rss_mb("VmRSS:")
-    policy, _ = dpo.load_for_training(preset, device)
+    policy, _ = sharding.load_for_training(preset, device)
     cfg = dpo.TrainConfig(mode="dpo", steps=steps, batch_size=pairs, micro_batch_size=pairs, lr=1e-6, dropout=0.0,
                           log_every=10**9, max_len=seq)
     data = synthetic_pairs(pairs, seq, policy.args.vocab_size, refs=False)
@@ -86,7 +88,7 @@ def memory_child(variant: str, preset: str, pairs: int, seq: int, steps: int, de
         data = dpo.compute_reference_logps(policy, data)
         dpo.train(policy, data, cfg)
     else:
-        ref, _ = dpo.load_for_training(preset, device)
+        ref, _ = sharding.load_for_training(preset, device)
         dpo.train(policy, data, cfg, ref_model=ref.eval())
     out = {"base_rss_mb": base, "peak_rss_mb": rss_mb("VmHWM:")}
     if device.startswith("cuda"):
@@ -162,9 +164,7 @@ def main():
         results[name] = r
     os.makedirs(os.path.join(ROOT, "runs"), exist_ok=True)
     out = os.path.join(ROOT, "runs", f"bench_train_{a.device.split(':')[0]}{'_compile' if a.compile else ''}.json")
-    with open(out + ".tmp", "w") as f:
-        json.dump({"args": vars(a), "results": results}, f, indent=1)
-    os.replace(out + ".tmp", out)
+    write_json(out, {"args": vars(a), "results": results})
     print(f"wrote {out}")
 
 

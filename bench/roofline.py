@@ -3,7 +3,7 @@
 It times only the step's matmuls (the weights every step must stream), with SmolLM2's real shapes, 30
 layers x (q, k, v, o, gate, up, down) + the lm head, fp32, at batch 1 and 16, with three kernels:
 torch's F.linear (MKL), oneDNN's linear on pre-packed weights, and the multiply-sum that inductor
-compiles into one loop (model.Linear uses the last two in the compiled CPU decode step: the
+compiles into one loop (cpu_decode.DecodeLinear uses the last two in the compiled CPU decode step: the
 multiply-sum for one row, oneDNN for more). A plain streaming read gives the memory bandwidth.
 bench_generate.py's decode tokens/s can be read against these ceilings.
 
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from model import onednn_linear  # noqa: E402
+from cpu_decode import onednn_linear  # noqa: E402
 
 DIM, KV, HIDDEN, VOCAB, LAYERS = 576, 192, 1536, 49152, 30  # SmolLM2-135M
 

@@ -1,5 +1,6 @@
 """GPU-only checks (skipped without CUDA): FlexAttention forward AND backward under torch.compile against
-the SDPA path, for the three masks, and the CUDA-graph decode step against eager decoding."""
+the SDPA path, for the three masks, the CUDA-graph decode step against eager decoding, and the CUDA cache
+pool across calls."""
 import pytest
 import torch
 
@@ -53,3 +54,19 @@ def test_compiled_cuda_graph_decode_equals_eager():
     eager = G.generate(m, prompts, 12, temperature=0)
     assert G.generate(m, prompts, 12, temperature=0, compile=True) == eager
     assert G.generate(m, prompts, 12, temperature=0, compile=True) == eager  # replays the captured graph
+
+
+def test_second_eager_call_reuses_the_cuda_cache_pool():
+    """The CUDA cache pool once handed a second eager call the caches the first had shrunk in place as
+    rows finished, and index_copy_ failed. Rows that stop early (a stop id) shrink the batch mid-decode."""
+    torch.manual_seed(0)
+    m = M.Transformer(M.preset("toy-test")).cuda()
+    m.init_weights(seed=1, std=0.1)
+    m.eval()
+    prompts = [[5, 9, 2, 7], [3, 3, 8, 1, 4, 4, 6], [2, 4], [7, 1, 1]]
+    free = G.generate(m, prompts, 16, temperature=0)
+    stop = {free[0][1], free[1][1]}
+    first = G.generate(m, prompts, 16, temperature=0, stop_ids=stop)
+    assert G.generate(m, prompts, 16, temperature=0, stop_ids=stop) == first
+    assert G.generate(m, prompts, 16, temperature=0, stop_ids=stop, num_samples=2) == [o for o in first for _ in range(2)]
+    G.free_cache_pool(m)

@@ -9,6 +9,7 @@ from collections import Counter
 
 import pytest
 
+import common
 import data
 import toyworld
 
@@ -154,7 +155,7 @@ def test_round_trip_keeps_rows_and_extra_fields(tmp_path):
     # one object per line, non-ASCII written as itself
     text = (tmp_path / "ift.jsonl").read_text(encoding="utf-8")
     assert len(text.split("\n")) == 3 and "🍎" in text
-    assert data.read_jsonl(str(tmp_path / "rm.jsonl")) == d["rm"]
+    assert common.read_jsonl(str(tmp_path / "rm.jsonl")) == d["rm"]
 
 
 def test_write_data_dir_refuses_bad_data_and_unknown_kinds(tmp_path):

@@ -11,49 +11,9 @@ import pytest
 import torch
 
 import dpo
-from model import Transformer, load_model, preset
-
-
-class ByteTok:
-    """A byte-level stand-in with the Tokenizer methods dpo.py uses, so these tests do not depend on
-    tokenizer.py. ids 0..255 are bytes; 256 pad, 257 bos, 258 eos, 259 end-of-turn."""
-    pad_id, bos_id, eos_id, eot_id, n_words = 256, 257, 258, 259, 260
-    stop_ids = {258, 259}
-
-    def encode(self, text, bos=False, eos=False):
-        return [257] * bos + list(text.encode()) + [258] * eos
-
-    def decode(self, ids):
-        return bytes(i for i in ids if i < 256).decode(errors="replace")
-
-    def encode_chat_prompt(self, user):
-        return [257] + list(f"U:{user}\nA:".encode())
-
-    def encode_chat_response(self, response):
-        return list(response.encode()) + [259]
-
-    def save(self, directory):
-        with open(os.path.join(directory, "bytetok.txt"), "w") as f:
-            f.write("byte-level stand-in\n")
-
-
-def tiny_model(seed=0, **kw):
-    torch.manual_seed(seed)
-    m = Transformer(preset("toy-test", **kw))
-    m.init_weights(seed=seed)
-    return m
-
-
-def sft_data(n=8, seed=0):
-    import random
-    rng = random.Random(seed)
-    return [{"prompt": f"q{i} " + "x" * rng.randrange(1, 6), "response": f"a{i}" + "y" * rng.randrange(0, 9)}
-            for i in range(n)]
-
-
-def dpo_data(n=8, seed=0):
-    return [{"prompt": f"say {i}", "chosen": f"good {i}" + "!" * (i % 3), "rejected": f"bad{i % 4}"}
-            for i in range(n)]
+import packing
+from checkpoint import load_model
+from helpers import ByteTok, dpo_data, sft_data, tiny_model
 
 
 # ----------------------------------------------------------------------------- math
@@ -128,7 +88,7 @@ def test_rpo_nll_is_per_chosen_token():
     cfg = dpo.TrainConfig(mode="dpo", beta=0.5, rpo_alpha=1.0)
     pc, pr, rc, rr = _pairs()
     nc = torch.tensor([4.0, 2.0])
-    loss, _ = dpo._dpo_terms(pc, pr, rc, rr, nc, nc, cfg)
+    loss, _ = dpo.preference_loss(pc, pr, rc, rr, nc, nc, cfg)
     base, _ = dpo.dpo_loss(pc, pr, rc, rr, beta=0.5)
     assert loss.item() == pytest.approx(base.item() + (1 / 4 + 2 / 2) / 2, abs=1e-6)
 
@@ -153,58 +113,6 @@ def test_lr_schedules():
 
 # ----------------------------------------------------------------------------- data
 
-def test_load_jsonl_errors_name_file_line_field(tmp_path):
-    p = tmp_path / "pairs.jsonl"
-    good = json.dumps({"prompt": "a", "chosen": "b", "rejected": "c"})
-    cases = {"{not json": "invalid JSON",
-             json.dumps({"prompt": "a", "chosen": "b"}): "missing field 'rejected'",
-             json.dumps({"prompt": 3, "chosen": "b", "rejected": "c"}): "field 'prompt' must be a string",
-             json.dumps({"prompt": "a", "chosen": "b", "rejected": "c", "ref_chosen": -1.0}): "'ref_rejected'"}
-    for bad, msg in cases.items():
-        p.write_text(good + "\n\n" + bad + "\n")
-        with pytest.raises(ValueError) as e:
-            dpo.load_jsonl(str(p), "dpo")
-        assert f"{p}:3:" in str(e.value) and msg in str(e.value)
-    p.write_text(good + "\n")
-    assert dpo.load_jsonl(str(p), "dpo") == [json.loads(good)]
-
-
-def test_tokenize_chat_format_mask_and_truncation(capsys):
-    tok = ByteTok()
-    ex = dpo.tokenize([{"prompt": "hi", "response": "yo"}], tok, "sft", max_len=64)[0]
-    assert ex["prompt_ids"] == tok.encode_chat_prompt("hi") and ex["response_ids"] == [ord("y"), ord("o"), 259]
-    b = dpo.collate([ex], "sft")
-    n_p = len(ex["prompt_ids"])
-    assert b.loss_mask[0].tolist() == [False] * n_p + [True] * 3
-    # 60-token prompt + 20-token response into 40: the prompt keeps its last 20 tokens (max_len // 2)
-    long = {"prompt": "p" * 50 + "END", "response": "r" * 19}
-    cut = dpo.tokenize([long, {"prompt": "ok", "response": "ok"}], tok, "sft", max_len=40)
-    assert len(cut[0]["prompt_ids"]) == 20 and tok.decode(cut[0]["prompt_ids"]).endswith("END\nA:")
-    assert cut[0]["response_ids"] == tok.encode_chat_response("r" * 19)  # fits: 20 + 20
-    assert "1/2 sft examples truncated" in capsys.readouterr().out
-    p, (c, r), was_cut = dpo.truncate(list(range(10)), [list(range(30)), [1]], max_len=20)
-    assert was_cut and p == list(range(10)) and c == list(range(10)) and r == [1]  # prompt keeps max_len // 2
-    p, (c,), was_cut = dpo.truncate(list(range(30)), [list(range(5))], max_len=20)
-    assert was_cut and p == list(range(15, 30)) and c == list(range(5))  # prompt cut first, its end kept
-
-
-def test_pack_documents_and_masks():
-    rows = dpo.pack_documents([[1, 2, 3], [4, 5], [6, 7, 8, 9]], 4)
-    assert [r["ids"] for r in rows] == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 0, 0, 0]]
-    assert [r["seq_ids"] for r in rows] == [[0, 0, 0, 1], [0, 1, 1, 1], [0, -1, -1, -1]]
-    mask = dpo.collate(rows, "pretrain").loss_mask.tolist()
-    assert mask == [[False, True, True, False], [False, False, True, True], [False] * 4]
-
-
-def test_packed_documents_do_not_attend_across():
-    m = tiny_model().eval()
-    a, b = [5, 6, 7, 8, 9], [10, 11, 12]
-    row = dpo.collate(dpo.pack_documents([a, b], 8), "pretrain")
-    packed = m(row.tokens, seq_ids=row.seq_ids)[0, 5:]
-    alone = m(torch.tensor([b]))[0]
-    torch.testing.assert_close(packed, alone, atol=1e-5, rtol=1e-5)  # RoPE is relative: offset is harmless
-
-
 def test_batch_indices_cover_each_epoch():
     idx = [i for s in range(5) for i in dpo.batch_indices(10, 4, s, seed=3)]  # 20 = two epochs
     assert sorted(idx[:10]) == list(range(10)) and sorted(idx[10:]) == list(range(10))
@@ -215,7 +123,7 @@ def test_batch_indices_cover_each_epoch():
 
 def test_dpo_sgd_step_raises_chosen_over_rejected():
     tok, m = ByteTok(), tiny_model(seed=2)
-    b = dpo.collate(dpo.tokenize(dpo_data(2), tok, "dpo", 64), "dpo")  # rows: 2 chosen, then 2 rejected
+    b = packing.collate(packing.tokenize(dpo_data(2), tok, "dpo", 64), "dpo")  # rows: 2 chosen, then 2 rejected
 
     def logps():
         lp = dpo.sequence_logps(m(b.tokens), b.tokens, b.loss_mask)
@@ -232,57 +140,13 @@ def test_dpo_sgd_step_raises_chosen_over_rejected():
     assert (chosen - rejected > before).all()
 
 
-def _grads(m):
-    return {n: p.grad.clone() for n, p in m.named_parameters()}
-
-
-def test_packed_pairs_equal_separate_sequences_values_and_gradients():
-    # The trainer packs each pair as prompt | chosen | rejected (prompt once, output layer only where a
-    # response token is predicted); it must give the log-probs and gradients of the plain concatenated
-    # forward of 2b separate sequences, scored by sequence_logps over the full logits.
-    tok, m = ByteTok(), tiny_model(seed=3, dropout=0.0)
-    rows = dpo.tokenize(dpo_data(5), tok, "dpo", 64)
-    rows[1]["rejected_ids"] = rows[1]["rejected_ids"][:1]  # a one-token response, predicted from the prompt alone
-    w = torch.randn(10)  # an arbitrary weighting, so each sequence's gradient counts
-    b = dpo.collate(rows, "dpo")
-    want = dpo.sequence_logps(m(b.tokens), b.tokens, b.loss_mask)  # (10,)
-    (want * w).sum().backward()
-    want_g = _grads(m)
-    m.zero_grad()
-    got, counts, n_real = dpo.batch_logps(m, rows, "dpo", torch.device("cpu"))
-    assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
-    assert counts.tolist() == b.loss_mask[:, 1:].sum(-1).tolist() and n_real == b.n_real
-    (got * w).sum().backward()
-    for n, p in m.named_parameters():
-        assert torch.allclose(p.grad, want_g[n], atol=1e-5), n
-
-
-def test_sft_scored_positions_equal_full_logits_with_shared_prefix():
-    # SFT rows sharing a long prefix (as EFT rows share the Fig. 2 prompt) run it once, and the output
-    # layer runs only where a response token is predicted: same log-probs and gradients as the full forward.
-    tok, m = ByteTok(), tiny_model(seed=4, dropout=0.0)
-    head = "x" * 40
-    rows = dpo.tokenize([{"prompt": head + str(i), "response": "r" * (i + 1)} for i in range(4)], tok, "sft", 128)
-    b = dpo.collate(rows, "sft")
-    assert dpo.shared_prefix_len(b.tokens, b.loss_mask) > 32  # the shared-prefix path is taken
-    want = dpo.sequence_logps(m(b.tokens), b.tokens, b.loss_mask)
-    want.sum().backward()
-    want_g = _grads(m)
-    m.zero_grad()
-    got, counts, _ = dpo.batch_logps(m, rows, "sft", torch.device("cpu"))
-    assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
-    got.sum().backward()
-    for n, p in m.named_parameters():
-        assert torch.allclose(p.grad, want_g[n], atol=1e-5), n
-
-
 def test_precomputed_reference_equals_frozen_copy():
     tok, m = ByteTok(), tiny_model(seed=3)
     frozen = copy.deepcopy(m).eval()
     pairs = dpo.compute_reference_logps(m, dpo_data(5), tok, micro_batch_size=2)
     for p in pairs:
         for name in ("chosen", "rejected"):
-            b = dpo.collate([{"prompt_ids": p["prompt_ids"], "response_ids": p[f"{name}_ids"]}], "sft")
+            b = packing.collate([{"prompt_ids": p["prompt_ids"], "response_ids": p[f"{name}_ids"]}], "sft")
             with torch.no_grad():
                 want = dpo.sequence_logps(frozen(b.tokens), b.tokens, b.loss_mask).item()
             assert p[f"ref_{name}"] == pytest.approx(want, abs=1e-5)
@@ -370,50 +234,13 @@ def test_cli_sft_writes_a_loadable_checkpoint(tmp_path):
     data = tmp_path / "sft.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in sft_data(4)))
     ck = tmp_path / "m0"
-    from model import save_checkpoint
+    from checkpoint import save_checkpoint
     save_checkpoint(tiny_model(), str(ck))
     # no tokenizer in m0: the CLI must say so clearly
     r = subprocess.run([sys.executable, "dpo.py", "--mode", "sft", "--data", str(data), "--ckpt", str(ck),
                         "--out", str(tmp_path / "m1"), "--steps", "1"], capture_output=True, text=True,
                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert r.returncode != 0 and "--tokenizer" in r.stderr
-
-
-def test_shared_prefix_training_step_equals_plain_forward(monkeypatch):
-    """EFT-like rows share a long prompt head: the prefix pass must change neither loss nor gradients."""
-    head = "Review the response below with the additive 5-point scoring system. " * 2
-    examples = [{"prompt": head + f"User: task {i}" + "z" * i, "response": f"ok {i}. Score: {i % 6}"} for i in range(6)]
-    rows = dpo.tokenize(examples, ByteTok(), "sft", 512)
-    batch = dpo.collate(rows, "sft")
-    L = dpo.shared_prefix_len(batch.tokens, batch.loss_mask)
-    assert L >= len(head)  # the head plus the chat prefix, and no scored token inside it
-
-    def loss_and_grads(prefix_len):
-        monkeypatch.setattr(dpo, "shared_prefix_len", lambda *a, **k: prefix_len)
-        m = tiny_model(seed=3, vocab_size=260)
-        m.zero_grad()
-        loss, _, _ = dpo._micro_step(m, rows, dpo.TrainConfig(mode="sft", steps=1), torch.device("cpu"), 50.0, None)
-        loss.backward()
-        return loss.item(), [p.grad.clone() for p in m.parameters()]
-
-    l_plain, g_plain = loss_and_grads(0)
-    l_prefix, g_prefix = loss_and_grads(L)
-    assert l_prefix == pytest.approx(l_plain, rel=1e-5)
-    for a, b in zip(g_plain, g_prefix):
-        assert torch.allclose(a, b, atol=1e-6)
-
-
-def test_micro_batches_keep_every_row_once_and_group_shared_prompts():
-    head = list(range(100, 140))  # 40 shared prompt tokens (> MIN_SHARED_PREFIX)
-    rows = ([{"prompt_ids": head + [i], "response_ids": [1] * (i % 5 + 1)} for i in range(7)] +
-            [{"prompt_ids": [i, i + 1], "response_ids": [2] * (i % 3 + 1)} for i in range(9)])
-    for regroup in (False, True):
-        chunks = dpo.micro_batches(rows, 4, regroup=regroup)
-        flat = [id(r) for c in chunks for r in c]
-        assert sorted(flat) == sorted(id(r) for r in rows) and all(len(c) <= 4 for c in chunks)
-    chunks = dpo.micro_batches(rows, 4, regroup=True)
-    shared = [c for c in chunks if c[0]["prompt_ids"][:40] == head]
-    assert all(all(r["prompt_ids"][:40] == head for r in c) for c in shared) and sum(map(len, shared)) == 7
 
 
 def test_seed_dropout_draws_the_masks_torch_manual_seed_would():
@@ -442,9 +269,42 @@ def test_long_pair_truncates_identically_for_reference_and_policy(keep_ids):
     assert all(len(tok.encode_chat_prompt(p["prompt"]) + tok.encode_chat_response(p["chosen"])) > 64 for p in pairs)
     scored = dpo.compute_reference_logps(m, pairs, tok)
     assert all(len(p["prompt_ids"]) + max(len(p["chosen_ids"]), len(p["rejected_ids"])) <= 64 for p in scored)
-    fields = dpo.REF_FIELDS + (("prompt_ids", "chosen_ids", "rejected_ids") if keep_ids else ())
+    fields = packing.REF_FIELDS + (("prompt_ids", "chosen_ids", "rejected_ids") if keep_ids else ())
     examples = [{k: p[k] for k in ("prompt", "chosen", "rejected", *fields)} for p in scored]
     cfg = dpo.TrainConfig(mode="dpo", steps=1, batch_size=2, micro_batch_size=2, lr=0.0, min_lr=0.0, dropout=0.0)
     h = dpo.train(m, examples, cfg, tokenizer=tok)
     assert h[0]["chosen_reward"] == pytest.approx(0.0, abs=1e-6)
     assert h[0]["rejected_reward"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_score_examples_of_nothing_leaves_the_mode_alone():
+    """score_examples([]) once returned after model.eval(), leaving a training model in eval mode."""
+    m = tiny_model().train()
+    assert dpo.score_examples(m, [], "sft").shape == (0, 2) and m.training
+    assert dpo.score_examples(m, [], "dpo").shape == (0, 4) and m.training
+
+
+@pytest.mark.parametrize("doc_mask", [False, True])
+def test_pretrain_eval_loss_attends_as_training_did(doc_mask):
+    """The held-out loss of pretraining uses the run's doc_mask (it once always masked documents):
+    against the loss computed by hand from the full forward, plain causal or document-masked."""
+    m = tiny_model(seed=5).eval()
+    docs = [{"text": f"doc {i}: " + "ab" * (i % 4)} for i in range(9)]  # several documents per 24-token row
+    cfg = dpo.TrainConfig(mode="pretrain", steps=1, batch_size=1, micro_batch_size=2, max_len=24, doc_mask=doc_mask)
+    rows = packing.prepare(docs, "pretrain", ByteTok(), 24)
+    b = packing.collate(rows, "pretrain")
+    assert int((b.seq_ids.max(1).values > 0).sum()) >= 3  # rows that pack more than one document
+    with torch.no_grad():
+        logits = m(b.tokens, seq_ids=b.seq_ids if doc_mask else None)
+        want = -dpo.sequence_logps(logits, b.tokens, b.loss_mask).sum() / b.loss_mask[:, 1:].sum()
+    assert dpo.eval_loss(m, rows, cfg)["eval_loss"] == pytest.approx(want.item(), rel=1e-5)
+
+
+def test_cli_bool_flags_turn_on_and_off():
+    """dpo.py's bool flags were store_true with default None, so --doc-mask could not be turned off;
+    now --flag / --no-flag as in loop.py, and absent means the TrainConfig default."""
+    base = ["--mode", "pretrain", "--data", "d.txt", "--ckpt", "toy-test", "--out", "o"]
+    assert dpo.parse_args(base)[1].doc_mask is True
+    assert dpo.parse_args(base + ["--no-doc-mask"])[1].doc_mask is False
+    assert dpo.parse_args(base + ["--doc-mask"])[1].doc_mask is True
+    assert dpo.parse_args(base + ["--ipo"])[1].ipo is True and dpo.parse_args(base)[1].ipo is False

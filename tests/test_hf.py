@@ -13,6 +13,7 @@ import torch
 
 import convert
 import hf
+import checkpoint as C
 import model as M
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -138,7 +139,7 @@ def test_hand_built_folder_gives_the_originals_logits(tmp_path, case):
     kw, dtype, shards, folder_kw = CASES[case]
     ref = rounded(known_model(**kw), dtype)
     write_hf_folder(ref, tmp_path, dtype, shards, **folder_kw)
-    loaded, tok = M.load_model(str(tmp_path))
+    loaded, tok = C.load_model(str(tmp_path))
     assert tok is None  # no tokenizer.json in this folder
     for field in ("head_dim", "hidden_dim", "n_kv_heads", "qkv_bias", "tie_embeddings", "use_scaled_rope",
                   "rope_scaling_factor", "rope_original_max_seq_len", "rope_theta"):
@@ -196,7 +197,7 @@ def test_export_then_load_gives_the_same_logits(tmp_path, case):
     kw, dtype, _, folder_kw = CASES[case]
     ref = rounded(known_model(seed=1, **kw), dtype)
     hf.save_hf(ref, None, str(tmp_path))
-    loaded, _ = M.load_model(str(tmp_path))
+    loaded, _ = C.load_model(str(tmp_path))
     assert torch.equal(logits(loaded, TOKENS), logits(ref, TOKENS))  # fp32 out and in: bit for bit
     # The file holds Hugging Face's layout: the tensors this test builds by hand, exactly.
     written, expected = hf.read_safetensors(str(tmp_path / "model.safetensors")), hf_tensors(ref, torch.float32)
@@ -215,7 +216,7 @@ def test_export_bf16_halves_the_bytes_and_keeps_the_rounded_model(tmp_path):
     sizes = [os.path.getsize(tmp_path / d / "model.safetensors") for d in ("fp32", "bf16")]
     assert abs(sizes[1] / sizes[0] - 0.5) < 0.01
     assert json.loads((tmp_path / "bf16" / "config.json").read_text())["torch_dtype"] == "bfloat16"
-    loaded, _ = M.load_model(str(tmp_path / "bf16"))
+    loaded, _ = C.load_model(str(tmp_path / "bf16"))
     assert torch.allclose(logits(loaded, TOKENS), logits(rounded(ref, torch.bfloat16), TOKENS), atol=1e-5, rtol=0)
 
 
@@ -276,7 +277,7 @@ def test_bad_config_errors_name_file_and_field(folder, changes, match):
     else:
         edit(**changes)
     with pytest.raises(ValueError, match=match):
-        M.load_model(str(path))
+        C.load_model(str(path))
 
 
 def test_sliding_window_loads_within_the_window(folder):
@@ -289,7 +290,7 @@ def test_untied_without_lm_head_and_bad_tensors(tmp_path):
     m = known_model(seed=4, tie_embeddings=True)
     write_hf_folder(m, tmp_path, tie_word_embeddings=False)
     with pytest.raises(ValueError, match=r"config\.json: tie_word_embeddings is false, but the weights have no lm_head"):
-        M.load_model(str(tmp_path))
+        C.load_model(str(tmp_path))
     write_hf_folder(m, tmp_path)  # tied, as the model is
     tensors = hf_tensors(m, torch.float32)
     for extra, match in [("model.layers.0.self_attn.o_proj.bias", r"model\.safetensors: tensor .*o_proj\.bias.*q/k/v only"),
@@ -305,22 +306,22 @@ def test_bad_files_errors_name_the_file(folder):
     index["weight_map"]["model.layers.9.mlp.up_proj.weight"] = "model-00001-of-00002.safetensors"
     (path / "model.safetensors.index.json").write_text(json.dumps(index))
     with pytest.raises(ValueError, match=r"index\.json: weight_map puts tensor 'model\.layers\.9.*' in model-00001-of-00002"):
-        M.load_model(str(path))
+        C.load_model(str(path))
     os.remove(path / "model-00002-of-00002.safetensors")
     with pytest.raises(FileNotFoundError, match=r"index\.json: weight_map names shard 'model-00002-of-00002\.safetensors'"):
-        M.load_model(str(path))
+        C.load_model(str(path))
     os.remove(path / "model.safetensors.index.json")
     with pytest.raises(FileNotFoundError, match="neither model.safetensors nor model.safetensors.index.json"):
-        M.load_model(str(path))
+        C.load_model(str(path))
     write_safetensors(path / "model.safetensors", {"x": torch.zeros(4, dtype=torch.int8)})
     with pytest.raises(ValueError, match=r"model\.safetensors: tensor 'x' has dtype I8"):
-        M.load_model(str(path))
+        C.load_model(str(path))
     (path / "model.safetensors").write_bytes(struct.pack("<Q", 1000) + b"{}")
     with pytest.raises(ValueError, match=r"model\.safetensors: not a safetensors file"):
-        M.load_model(str(path))
+        C.load_model(str(path))
     (path / "config.json").write_text('{"hidden_size": 64,\n "vocab_size": }')
     with pytest.raises(ValueError, match=r"config\.json: line 2"):
-        M.load_model(str(path))
+        C.load_model(str(path))
 
 
 # ----------------------------------------------------------------------------- convert.py
@@ -334,14 +335,14 @@ def test_convert_hf_to_meta_and_back(tmp_path, capsys):
     stored = torch.load(tmp_path / "meta" / "consolidated.00.pth", weights_only=True)
     assert stored["tok_embeddings.weight"].dtype == torch.bfloat16  # the source's dtype by default
     convert.main([str(tmp_path / "meta"), str(tmp_path / "hf"), "--dtype", "float32"])
-    back, _ = M.load_model(str(tmp_path / "hf"))
+    back, _ = C.load_model(str(tmp_path / "hf"))
     assert torch.allclose(logits(back, TOKENS), logits(ref, TOKENS), atol=1e-5, rtol=0)
 
 
 def test_convert_refuses_missing_source_and_non_empty_destination(tmp_path, capsys):
     with pytest.raises(SystemExit, match="SRC .*nowhere.* does not exist"):
         convert.main([str(tmp_path / "nowhere"), str(tmp_path / "out")])
-    M.save_checkpoint(known_model(seed=6), str(tmp_path / "src"))
+    C.save_checkpoint(known_model(seed=6), str(tmp_path / "src"))
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "params.json").write_text("{}")  # a stale checkpoint file
     (tmp_path / "out" / "notes.txt").write_text("mine")
@@ -349,7 +350,7 @@ def test_convert_refuses_missing_source_and_non_empty_destination(tmp_path, caps
         convert.main([str(tmp_path / "src"), str(tmp_path / "out")])
     convert.main([str(tmp_path / "src"), str(tmp_path / "out"), "--force"])
     assert not (tmp_path / "out" / "params.json").exists() and (tmp_path / "out" / "notes.txt").exists()
-    assert M.load_model(str(tmp_path / "out"))[0].args.dim == 64
+    assert C.load_model(str(tmp_path / "out"))[0].args.dim == 64
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "config.json").write_text(json.dumps({"architectures": ["BertModel"]}))
     write_safetensors(tmp_path / "bad" / "model.safetensors", {"x": torch.zeros(1)})
@@ -378,7 +379,7 @@ def test_smollm2_gguf_exported_by_convert_still_answers_paris(tmp_path):
     assert run.returncode == 0, run.stderr
     for name in ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "tokenizer_config.json"):
         assert name in run.stdout and (out / name).exists(), name
-    m, tok = M.load_model(str(out))
+    m, tok = C.load_model(str(out))
     assert tok is not None and m.args.tie_embeddings and m.num_params() == 134_515_008
     generation = json.loads((out / "generation_config.json").read_text())
     assert sorted(tok.stop_ids) == sorted(generation["eos_token_id"])

@@ -10,6 +10,7 @@ import time
 import pytest
 import torch
 
+import evaluation as E
 import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -179,5 +180,5 @@ def test_pair_truth_counts_better_ties_and_worse():
              {"prompt": "graded 3", "chosen": "a", "rejected": "aaaa"},  # worse
              {"prompt": "graded 4", "chosen": "aa", "rejected": "b"},    # better
              {"prompt": "free", "chosen": "a", "rejected": "aaaa"}]      # not graded
-    assert loop.pair_truth(pairs, World) == {"graded": 4, "better": 2, "tie": 1, "worse": 1}
-    assert loop.pair_truth(pairs, None) is None
+    assert E.pair_truth(pairs, World) == {"graded": 4, "better": 2, "tie": 1, "worse": 1}
+    assert E.pair_truth(pairs, None) is None

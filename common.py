@@ -1,0 +1,137 @@
+"""The helpers several files share, each written once: atomic writes, JSON and JSONL files, the rank,
+log and barrier of a torchrun job, and the shared-prefix rule.
+
+Imports: the stdlib and torch.distributed (the rank helpers), nothing from this project; every other
+file may import it.
+"""
+import gzip
+import json
+import os
+import time
+
+import torch
+import torch.distributed as dist
+
+# ----------------------------------------------------------------------------- files
+
+def atomic_write(path, write):
+    """write(tmp) to a temporary name beside path, then rename it over path: readers (and a run resumed
+    after a kill) see the old file or the new one, never half of one."""
+    path = os.fspath(path)
+    tmp = f"{path}.tmp{os.getpid()}"
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path, text: str):
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+    atomic_write(path, write)
+
+
+def write_json(path, obj):
+    atomic_write_text(path, json.dumps(obj, indent=1, ensure_ascii=False))
+
+
+def read_json_object(path: str) -> dict:
+    """A JSON file holding one object (params.json, config.json, an index), with errors naming the file."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"missing {path}")
+    with open(path, encoding="utf-8") as f:
+        try:
+            data = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: line {e.lineno}: invalid JSON ({e.msg})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def iter_jsonl(path: str):
+    """(line number, object) for each non-blank line; a .gz file is read through gzip."""
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}:{n}: not UTF-8 ({e.reason} at byte {e.start})") from None
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n}: invalid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
+            yield n, row
+
+
+def read_jsonl(path: str) -> list[dict]:
+    """One object per non-blank line; bad JSON or a non-object is a ValueError naming PATH:LINE."""
+    return [row for _, row in iter_jsonl(path)]
+
+
+def write_jsonl(path, rows: list[dict]):
+    """Every row, every field, one JSON object per line, atomically."""
+    atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
+# ----------------------------------------------------------------------------- torchrun ranks
+
+def rank_world() -> tuple[int, int]:
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+
+
+def is_main() -> bool:
+    """Under torchrun every rank runs the same code; rank 0 alone prints and writes files."""
+    return rank_world()[0] == 0
+
+
+def log(msg: str):
+    if is_main():
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def init_distributed(device: str) -> str:
+    """Under `torchrun --nproc_per_node N`: join the process group (NCCL on CUDA, gloo on CPU) and return
+    this rank's device (cuda:LOCAL_RANK); in one process, device unchanged."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return device
+    cuda = device.startswith("cuda")
+    dist.init_process_group("nccl" if cuda else "gloo")
+    if cuda:
+        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+        torch.cuda.set_device(device)
+    return device
+
+
+def barrier():
+    if rank_world()[1] > 1:
+        dist.barrier()
+
+
+def all_sum(t: torch.Tensor) -> torch.Tensor:
+    """t summed over ranks, in place (gloo has no AVG); t itself in one process."""
+    if rank_world()[1] > 1:
+        dist.all_reduce(t)
+    return t
+
+
+# ----------------------------------------------------------------------------- shared prefixes
+
+# Tokens: a prefix that every row of a batch shares is run once (prefill in generate.py, the EFT rows'
+# judge prompt in packing.py) only from this length on; a shorter one costs a second pass for little.
+MIN_SHARED_PREFIX = 32
+
+
+def common_prefix_len(rows, limit: int | None = None) -> int:
+    """How many leading tokens every row (lists or 1-D tensors of ids) has in common, at most `limit`."""
+    first = list(rows[0])
+    n = min(len(r) for r in rows) if limit is None else min(limit, *(len(r) for r in rows))
+    others = [list(r) for r in rows[1:]]
+    for i in range(max(n, 0)):
+        if any(r[i] != first[i] for r in others):
+            return i
+    return max(n, 0)
