@@ -8,7 +8,7 @@ lm_eval's tasks download their datasets from a hub, which is unreachable here, s
 own Hugging Face model class (lm_eval.models.huggingface.HFLM, what `lm_eval --model hf
 --model_args pretrained=DIR` builds) for the requests its tasks are made of: log-likelihoods of
 continuations, rolling log-likelihoods of whole texts, and greedy generation. The log-likelihoods are
-compared with our own model on the same folder (model.load_model, dpo.sequence_logps), token for token.
+compared with our own model on the same folder (checkpoint.load_model, dpo.sequence_logps), token for token.
 """
 import argparse
 import os
