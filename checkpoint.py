@@ -77,6 +77,25 @@ def build_from_state_dict(args: ModelArgs, state: dict, source: str, device="cpu
     return model.to(device)
 
 
+def _load_pth(path: str) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception as e:  # torch raises RuntimeError (miniz), UnpicklingError, EOFError... for a damaged file
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint, truncated or damaged "
+                         f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+
+
+def check_gguf(path: str):
+    """A GGUF file opens with the bytes b'GGUF': refuse anything else, naming the file, before gguf's reader
+    (whose errors name no file) sees it."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"missing {path}")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise ValueError(f"{path}: not a GGUF file ({'empty' if not magic else f'starts with {magic!r}, not GGUF'})")
+
+
 def load_meta_checkpoint(directory: str, device="cpu", dtype=torch.float32):
     """params.json + consolidated.NN.pth (1 or more model-parallel shards) -> Transformer."""
     params_path = os.path.join(directory, "params.json")
@@ -84,8 +103,7 @@ def load_meta_checkpoint(directory: str, device="cpu", dtype=torch.float32):
     shard_paths = sorted(p for p in os.listdir(directory) if p.startswith("consolidated.") and p.endswith(".pth"))
     if not shard_paths:
         raise FileNotFoundError(f"no consolidated.NN.pth in {directory}")
-    shards = [torch.load(os.path.join(directory, p), map_location="cpu", mmap=True, weights_only=True)
-              for p in shard_paths]
+    shards = [_load_pth(os.path.join(directory, p)) for p in shard_paths]
     state = merge_meta_shards(shards, params["dim"])
     if params.get("vocab_size", -1) <= 0:  # Llama 2: the vocabulary size comes from the weights
         params["vocab_size"] = state["tok_embeddings.weight"].shape[0]
@@ -105,9 +123,11 @@ def load_gguf(path: str, device="cpu", dtype=torch.float32):
     """A llama-architecture GGUF file (e.g. SmolLM2's Q4_1/Q8_0) -> dequantized fp32 Transformer."""
     import gguf  # optional dependency: reads and dequantizes GGUF files
 
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"missing {path}")
-    reader = gguf.GGUFReader(path)
+    check_gguf(path)
+    try:
+        reader = gguf.GGUFReader(path)
+    except Exception as e:  # a truncated file: gguf's own errors name no file
+        raise ValueError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from None
 
     def field(name, default=None):
         f = reader.fields.get(name)

@@ -31,7 +31,8 @@ however the batch is cut into micro-batches or ranks); DPO averages over pairs.
 
 Checkpoints: OUT/train_state.pt every save_every steps = full (gathered) model + optimiser state dicts
 (FQN keys, so a run may resume on another number of ranks), step and history; written by rank 0,
-atomically. Data order and dropout masks are pure functions of (seed, step, rank), so the step is the
+atomically, and removed once the final checkpoint is written. Non-finite weights are never saved.
+Data order and dropout masks are pure functions of (seed, step, rank), so the step is the
 whole data position and RNG state. The final weights go to OUT in Meta's layout (sharding.save_final).
 Gathering full state dicts on rank 0 suits models that fit one host's RAM; for 70B, switch to
 torch.distributed.checkpoint.save of the sharded state dicts.
@@ -53,8 +54,9 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_
 from torch.distributed.fsdp import FSDPModule
 
 import packing
-from common import all_sum, atomic_write, atomic_write_text, barrier, init_distributed, log, rank_world, write_jsonl
-from sharding import full_state, load_for_training, save_final
+from common import (all_sum, atomic_write, atomic_write_text, barrier, init_distributed, log, rank_world,
+                    read_json_object, write_json, write_jsonl)
+from sharding import full_state, load_for_training, save_final, weights_finite
 
 # ----------------------------------------------------------------------------- the losses (torch alone)
 
@@ -166,6 +168,17 @@ class TrainConfig:
         for k in ("steps", "batch_size", "micro_batch_size", "max_len"):
             if getattr(self, k) is not None and getattr(self, k) <= 0:
                 raise ValueError(f"TrainConfig.{k}={getattr(self, k)} must be positive")
+        # Checked here, not found out from NaN weights: AdamW takes lr=inf without a word.
+        ranges = {"lr": (0, None), "min_lr": (0, None), "weight_decay": (0, None), "grad_clip": (0, None),
+                  "beta": (0, None), "rpo_alpha": (0, None), "label_smoothing": (0, 0.5), "dropout": (0, 1)}
+        for k, (lo, hi) in ranges.items():
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < lo or (hi is not None and v >= hi):
+                raise ValueError(f"TrainConfig.{k}={v!r}: must be a finite number >= {lo}" + (f" and < {hi}" if hi else ""))
+        if self.beta == 0:
+            raise ValueError("TrainConfig.beta=0: DPO's temperature must be positive")
+        if self.warmup < 0 or self.warmup > self.steps:
+            raise ValueError(f"TrainConfig.warmup={self.warmup}: must be between 0 and steps ({self.steps})")
 
 
 def train_max_len(model, max_len: int | None) -> int:
@@ -363,6 +376,9 @@ def train_step(model, opt, rows, cfg: TrainConfig, step: int, device, ref_model)
     if cfg.grad_clip:
         grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+        if not math.isfinite(grad_norm):
+            raise FloatingPointError(f"{cfg.mode} step {step + 1}/{cfg.steps}: the gradient norm is {grad_norm}; "
+                                     "stopping before the update.")
     opt.step()
     opt.zero_grad(set_to_none=True)
     rec = {"step": step + 1, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
@@ -419,6 +435,11 @@ def train(model, examples: list[dict], cfg: TrainConfig, tokenizer=None, eval_ex
                          f"({cfg.micro_batch_size}) x ranks ({world})")
     opt = make_optimizer(model, cfg)
     state_path = os.path.join(cfg.out, "train_state.pt") if cfg.out else None
+    done_path = os.path.join(cfg.out, "train_config.json") if cfg.out else None
+    if cfg.resume and done_path and os.path.exists(done_path) and not os.path.exists(state_path):
+        check_config(read_json_object(done_path), cfg, done_path)  # finished: nothing left to train
+        log(f"{cfg.out}: already trained ({cfg.steps} steps); nothing to do")
+        return json.loads(open(os.path.join(cfg.out, "history.json"), encoding="utf-8").read())
     start, history = 0, []
     if cfg.resume and state_path and os.path.exists(state_path):
         start, history = load_state(state_path, model, opt, cfg, rows, eval_rows)
@@ -445,9 +466,14 @@ def train(model, examples: list[dict], cfg: TrainConfig, tokenizer=None, eval_ex
                 save_state(state_path, model, opt, step + 1, history, cfg, rows, eval_rows)
             last = step + 1
     if cfg.out and last == cfg.steps:
-        save_final(model, cfg.out, tokenizer)
+        # The history first, the checkpoint last: its params.json is what says a finished stage is done.
         if rank == 0:
+            os.makedirs(cfg.out, exist_ok=True)
             atomic_write_text(os.path.join(cfg.out, "history.json"), json.dumps(history, indent=1))
+            write_json(done_path, asdict(cfg))  # what a finished run was trained with, for a resume to check
+        save_final(model, cfg.out, tokenizer)
+        if rank == 0 and state_path and os.path.exists(state_path):
+            os.remove(state_path)  # only for resuming an unfinished run: a whole optimiser state, gone once done
     return history
 
 
@@ -456,6 +482,9 @@ def _refs(rows):
 
 
 def save_state(path, model, opt, step, history, cfg, rows, eval_rows):
+    if not weights_finite(model):
+        raise FloatingPointError(f"{cfg.mode} step {step}/{cfg.steps}: the weights are not all finite (NaN or inf); "
+                                 f"stopping without saving {path}")
     model_sd, opt_sd = full_state(model, opt)  # collective: every rank calls
     if rank_world()[0] == 0:  # the reference log-probs came from the initial weights: keep them too
         state = {"model": model_sd, "optim": opt_sd, "step": step, "history": history, "config": asdict(cfg),
@@ -464,13 +493,18 @@ def save_state(path, model, opt, step, history, cfg, rows, eval_rows):
     barrier()
 
 
-def load_state(path, model, opt, cfg, rows, eval_rows):
-    state = torch.load(path, map_location="cpu", weights_only=True)
+def check_config(saved: dict, cfg: TrainConfig, path: str):
+    """A run resumed from `path` must have the settings that shaped it (the harmless ones aside)."""
     harmless = {"log_every", "eval_every", "save_every", "resume", "stop_after", "out", "micro_batch_size"}
-    for k, v in state["config"].items():
+    for k, v in saved.items():
         if k not in harmless and getattr(cfg, k) != v:
             raise ValueError(f"{path}: saved run has {k}={v!r}, this run has {k}={getattr(cfg, k)!r}; "
-                             "use the same config or a fresh --out")
+                             "use the same config, or a fresh output folder (dpo.py: --out, loop.py: --run-dir)")
+
+
+def load_state(path, model, opt, cfg, rows, eval_rows):
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    check_config(state["config"], cfg, path)
     if state["n_examples"] != len(rows):
         raise ValueError(f"{path}: saved run had {state['n_examples']} examples, this run has {len(rows)}")
     o = StateDictOptions(full_state_dict=True)
@@ -529,8 +563,8 @@ def main(argv=None):
         tok = Tokenizer.from_dir(a.tokenizer)
     if tok is None:
         raise SystemExit(f"{a.ckpt} has no tokenizer: pass --tokenizer DIR")
-    examples = packing.load_examples(a.data, cfg.mode)
-    evals = packing.load_examples(a.eval_data, cfg.mode) if a.eval_data else None
+    examples = packing.load_examples(a.data, cfg.mode, tok)
+    evals = packing.load_examples(a.eval_data, cfg.mode, tok) if a.eval_data else None
     if cfg.mode == "dpo" and any(packing.REF_FIELDS[0] not in ex for ex in examples):
         examples = compute_reference_logps(model, examples, tok, cfg.max_len, cfg.micro_batch_size)
         if rank_world()[0] == 0:

@@ -27,6 +27,20 @@ import judge as J
 from common import atomic_write, atomic_write_text, barrier, is_main, log, rank_world, write_json
 
 
+def rouge_l(a: str, b: str) -> float:
+    """ROUGE-L F1 over lower-cased words: 2 * LCS / (len(a) + len(b))."""
+    x, y = a.lower().split(), b.lower().split()
+    if not x or not y:
+        return 0.0
+    prev = [0] * (len(y) + 1)
+    for xi in x:
+        cur = [0]
+        for j, yj in enumerate(y):
+            cur.append(prev[j] + 1 if xi == yj else max(prev[j + 1], cur[j]))
+        prev = cur
+    return 2 * prev[-1] / (len(x) + len(y))
+
+
 def sampling(cfg, temperature: float, seed: int) -> dict:
     seed += 7919 * rank_world()[0]  # under torchrun each rank samples its own share of the prompts
     return dict(temperature=temperature, top_p=cfg.top_p, generator=torch.Generator(device=cfg.device).manual_seed(seed),
@@ -258,7 +272,7 @@ def report(cfg, world, results: list[dict], iteration_stats: list[dict], seed_me
             table = real_table(results, iteration_stats) + "\n" + rates_table(results, "check_rates", "Pass rate per instruction type (sampled responses)")
     rm = f"RM set: {cfg.n_rm} prompts × 4 responses. " if world is not None else ""
     md = (f"# Self-rewarding loop on {title} (seed {cfg.seed})\n\n{intro} Held-out prompts: {results[0]['n_eval']}; "
-          f"{rm}Wall time of this process {wall / 60:.1f} min.\n\n{table}")
+          f"{rm}Wall time of its stages {wall / 60:.1f} min (summed over every process that worked on this run).\n\n{table}")
     if world is not None and world.NAME != "toy" or timings:
         md += "\n" + timings_table(timings)
     summary = {"config": {k: v for k, v in vars(cfg).items()}, "seed_metrics": seed_metrics, "wall_seconds": wall,

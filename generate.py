@@ -19,6 +19,7 @@ rank, the shared-prefix rule) and cpu_decode.py, whose Linear kernels the compil
 import argparse
 import contextlib
 import importlib.util
+import math
 import os
 import time
 import weakref
@@ -349,7 +350,7 @@ def generate_many(model, prompts: list[list[int]], max_new_tokens: int, batch_si
 
 # ----------------------------------------------------------------------------- CLI
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description="Sample from a checkpoint (preset, .gguf, Meta-layout dir or Hugging Face folder).")
     p.add_argument("--ckpt", default=None, help="default: the offline SmolLM2-135M-Instruct GGUF")
     p.add_argument("--prompt", default="What is the capital of France?")
@@ -363,7 +364,14 @@ def main():
     p.add_argument("--compile", action="store_true", help="torch.compile the decode step")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    a = p.parse_args()
+    a = p.parse_args(argv)
+    if not (math.isfinite(a.temperature) and a.temperature >= 0):
+        p.error(f"--temperature {a.temperature}: must be a finite number >= 0 (0 = greedy)")
+    if not (0 < a.top_p <= 1):
+        p.error(f"--top-p {a.top_p}: must be in (0, 1]")
+    for flag, v, lo in (("--top-k", a.top_k, 0), ("--max-new-tokens", a.max_new_tokens, 1), ("--batch", a.batch, 1)):
+        if v < lo:
+            p.error(f"{flag} {v}: must be >= {lo}")
 
     ckpt = a.ckpt or smollm2_gguf_path()
     t0 = time.time()

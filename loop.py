@@ -21,16 +21,18 @@ of the method is the same code:
 Only evaluation reads a ground truth. Every stage writes its artifacts atomically under --run-dir, and a
 killed run resumes from them with the same command.
 
-Imports: torch; the project's dpo.py (training), sharding.py (loading, FSDP2), judge.py (rubrics, judging),
+Imports: torch; the project's dpo.py (training), sharding.py (loading, FSDP2), rundir.py (stages bound to
+their settings, resume, checks of reused artifacts), judge.py (rubrics, judging),
 generate.py (sampling), evaluation.py (evaluation, report), data.py (the data contract, readers),
 common.py (files, ranks), tokenizer.py, model.py, and the worlds toyworld.py / realworld.py.
 """
 import argparse
-import json
+import inspect
 import math
 import os
 import random
-import time
+import re
+import sys
 from dataclasses import asdict, dataclass
 
 import torch
@@ -41,11 +43,13 @@ import dpo
 import evaluation as E
 import generate
 import judge as J
+import rundir
 import sharding
 import toyworld
-from common import barrier, init_distributed, is_main, log, rank_world, read_jsonl, write_json, write_jsonl
-from evaluation import respond, sampling
+from common import barrier, init_distributed, is_main, log, rank_world, write_json
+from evaluation import respond, rouge_l, sampling
 from model import PRESETS, Transformer, preset
+from rundir import RunDir, RunDirError
 from tokenizer import Tokenizer
 
 
@@ -114,6 +118,7 @@ class Config:
     mtbench: bool = False  # save MT-Bench answers of M1 and the last model (FastChat's format)
     mtbench_tokens: int = 384
     batch_size: int = 256  # generation rows per batch
+    redo_from: str = ""  # a stage (M1, iter2, eval/M3.json, ...): make it and every later one again
 
 
 # --world real: sized for a 135M model on a 2-core CPU (README, "The real run", gives its time). Flags given
@@ -128,79 +133,6 @@ NONE_DEFAULTS = dict(run_dir="runs/data-seed0", dropout=0.0, eval_greedy=False, 
 
 
 # ----------------------------------------------------------------------------- small utilities
-
-class Timings:
-    """Wall time per stage (and what generate.py produced in it), kept in run_dir/timings.json so that a
-    resumed run still reports the stages an earlier process ran. Stages are named by their artifact's
-    path inside the run dir."""
-
-    def __init__(self, run_dir: str):
-        self.run_dir, self.path = run_dir, os.path.join(run_dir, "timings.json")
-        self.data = {}
-        if os.path.exists(self.path):
-            with open(self.path, encoding="utf-8") as f:
-                self.data = json.load(f)
-
-    def run(self, path: str, make):
-        t0, tok0, gen0 = time.time(), generate.STATS["new_tokens"], generate.STATS["seconds"]
-        out = make()
-        self.data[os.path.relpath(path, self.run_dir)] = {
-            "seconds": round(time.time() - t0, 1), "new_tokens": generate.STATS["new_tokens"] - tok0,
-            "generate_seconds": round(generate.STATS["seconds"] - gen0, 1)}
-        if is_main():
-            write_json(self.path, self.data)
-        return out
-
-
-TIMINGS: Timings | None = None  # set by run()
-
-
-def timed(path: str, make):
-    return TIMINGS.run(path, make) if TIMINGS is not None else make()
-
-
-def resume(done: bool, what: str, load, make):
-    """The resume rule of every stage: a finished stage (done) is loaded, not made again. Every rank has
-    looked before rank 0 can write; make() is a collective under torchrun, after which every rank waits
-    until rank 0 has written the artifact."""
-    barrier()
-    if done:
-        log(f"reusing {what}")
-        return load()
-    out = make()
-    barrier()
-    return out
-
-
-def stage(path: str, make, kind: str = "jsonl"):
-    """A stage whose artifact is one file: reused if it exists, else made (timed) and written atomically."""
-    def load():
-        if kind == "jsonl":
-            return read_jsonl(path)
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-
-    def make_and_write():
-        out = timed(path, make)  # under torchrun: a collective; every rank ends with the same rows
-        if is_main():
-            (write_jsonl if kind == "jsonl" else write_json)(path, out)
-        return out
-    return resume(os.path.exists(path), path, load, make_and_write)
-
-
-def rouge_l(a: str, b: str) -> float:
-    """ROUGE-L F1 over lower-cased words: 2 * LCS / (len(a) + len(b))."""
-    x, y = a.lower().split(), b.lower().split()
-    if not x or not y:
-        return 0.0
-    prev = [0] * (len(y) + 1)
-    for xi in x:
-        cur = [0]
-        for j, yj in enumerate(y):
-            cur.append(prev[j] + 1 if xi == yj else max(prev[j + 1], cur[j]))
-        prev = cur
-    return 2 * prev[-1] / (len(x) + len(y))
-
 
 # ----------------------------------------------------------------------------- self-instruction (Section 3.3 step 1)
 
@@ -288,6 +220,9 @@ def random_judgments(candidates: list[dict], seed: int) -> list[dict]:
             for k, s in enumerate(rng.sample(range(len(c["responses"])), len(c["responses"])))]
 
 
+RUN: RunDir | None = None  # set by run()
+
+
 # ----------------------------------------------------------------------------- training stages
 
 def train_stage(cfg: Config, name: str, init, examples, train_cfg: dpo.TrainConfig, tok):
@@ -300,9 +235,9 @@ def train_stage(cfg: Config, name: str, init, examples, train_cfg: dpo.TrainConf
         model = initial_model(cfg, init, tok)
         log(f"== {name}: {train_cfg.mode}, {len(examples)} examples, {train_cfg.steps} steps")
         train_cfg.out, train_cfg.save_every, train_cfg.resume = out, max(train_cfg.steps // 4, 1), True
-        timed(out, lambda: dpo.train(model, examples, train_cfg, tokenizer=tok))
+        dpo.train(model, examples, train_cfg, tokenizer=tok)
         return load_stage_model(cfg, out)
-    return resume(os.path.exists(os.path.join(out, "params.json")), out, lambda: load_stage_model(cfg, out), make)
+    return RUN.resume(out, os.path.exists(os.path.join(out, "params.json")), lambda: load_stage_model(cfg, out), make)
 
 
 def initial_model(cfg: Config, init, tok):
@@ -364,13 +299,14 @@ def aift_iteration(model, tok, cfg: Config, t: int, data: dict, earlier_prompts:
             write_json(os.path.join(d, "prompt_stats.json"), stats)
         log(f"self-instruct: {stats}")
         return rows
-    prompts = stage(os.path.join(d, "prompts.jsonl"), make_prompts)
+    prompts = RUN.stage(os.path.join(d, "prompts.jsonl"), make_prompts, check=rundir.check_prompts)
 
     def make_candidates():
         outs = respond(model, tok, cfg, [p["prompt"] for p in prompts], cfg.n_candidates, cfg.temperature,
                        seed + 2, f"{mt} candidates")
         return [{"prompt": p["prompt"], "responses": o} for p, o in zip(prompts, outs)]
-    candidates = stage(os.path.join(d, "candidates.jsonl"), make_candidates)
+    candidates = RUN.stage(os.path.join(d, "candidates.jsonl"), make_candidates,
+                           check=lambda rows: rundir.check_candidates(rows, prompts, cfg.n_candidates))
 
     def make_judgments():
         if cfg.pairs_from == "random":
@@ -379,7 +315,8 @@ def aift_iteration(model, tok, cfg: Config, t: int, data: dict, earlier_prompts:
         judged = E.judge_items(model, tok, cfg, items, rubric, seed + 3, f"{mt} judges")
         index = [(i, k) for i, c in enumerate(candidates) for k in range(len(c["responses"]))]
         return [{"prompt_index": i, "candidate": k, **j} for (i, k), j in zip(index, judged)]
-    judgments = stage(os.path.join(d, "judgments.jsonl"), make_judgments)
+    judgments = RUN.stage(os.path.join(d, "judgments.jsonl"), make_judgments,
+                          check=lambda rows: rundir.check_judgments(rows, candidates))
 
     def make_pairs():
         pairs, stats = build_pairs(candidates, judgments)
@@ -390,16 +327,15 @@ def aift_iteration(model, tok, cfg: Config, t: int, data: dict, earlier_prompts:
         # Reference log-probs of M_t, computed once and stored with the pairs (Section 2.3: the reference
         # model is M_t); the policy then trains without a second model in memory, on the same token ids.
         return dpo.compute_reference_logps(model, pairs, tokenizer=tok, max_len=max_len)
-    pairs = stage(os.path.join(d, "pairs.jsonl"), make_pairs)
-    with open(os.path.join(d, "pair_stats.json"), encoding="utf-8") as f:
-        pair_stats = json.load(f)
+    pairs = RUN.stage(os.path.join(d, "pairs.jsonl"), make_pairs, check=lambda rows: rundir.check_pairs(rows, DPO_FIELDS))
+    pair_stats = rundir.read_json(os.path.join(d, "pair_stats.json"))
 
     examples = [{k: p[k] for k in DPO_FIELDS} for p in pairs]
     if not examples:  # nothing to learn from: say so loudly and carry M_t over unchanged
         log(f"WARNING: AIFT({mt}) built no preference pairs; M{t + 1} = {mt}")
         out = os.path.join(cfg.run_dir, f"M{t + 1}")
-        if not os.path.exists(os.path.join(out, "params.json")):
-            sharding.save_final(model, out, tok)  # under FSDP: gathered to rank 0, which writes
+        RUN.resume(out, os.path.exists(os.path.join(out, "params.json")), lambda: None,
+                   lambda: sharding.save_final(model, out, tok))  # under FSDP: gathered to rank 0, which writes
         return model, [p["prompt"] for p in prompts], pair_stats, pairs
     steps = max(1, round(cfg.dpo_epochs * len(examples) / cfg.dpo_batch))
     world = rank_world()[1]  # the global batch stays cfg.dpo_batch; each rank takes its share
@@ -443,21 +379,20 @@ def seed_data(cfg: Config, world) -> dict:
     data_dir = os.path.join(cfg.run_dir, "data")
 
     def make():
-        data = timed(data_dir, lambda: D.load_data_dir(cfg.data) if cfg.data else world.world_data(cfg))
+        data = D.load_data_dir(cfg.data) if cfg.data else world.world_data(cfg)
         barrier()
         if is_main():
             D.write_data_dir(data_dir, data)
         return data
     done = all(os.path.exists(os.path.join(data_dir, f"{k}.jsonl")) for k in D.REQUIRED_FILES)
-    return resume(done, data_dir, lambda: D.load_data_dir(data_dir), make)
+    return RUN.resume(data_dir, done, lambda: D.load_data_dir(data_dir), make)
 
 
 # ----------------------------------------------------------------------------- the loop
 
 def run(cfg: Config) -> dict:
-    global TIMINGS
+    global RUN
     validate(cfg)
-    t_start = time.time()
     cfg.device = init_distributed(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -465,7 +400,10 @@ def run(cfg: Config) -> dict:
     os.makedirs(os.path.join(cfg.run_dir, "eval"), exist_ok=True)
     if is_main():
         write_json(os.path.join(cfg.run_dir, "config.json"), asdict(cfg))
-    TIMINGS = Timings(cfg.run_dir)
+    RUN = RunDir(cfg)
+    RUN.clean_temporaries()
+    if cfg.redo_from:
+        RUN.redo_from(cfg.redo_from)
     world = load_world(cfg)
     rubric = J.load_rubric(cfg.judge_prompt or (world.RUBRIC if world is not None else "fig2"))
     log(f"world: {world.TITLE if world is not None else 'none (no ground truth)'}; judge rubric: {rubric.name}")
@@ -498,8 +436,9 @@ def run(cfg: Config) -> dict:
     model = train_stage(cfg, "M1", init or os.path.join(cfg.run_dir, "M0"), sft_examples, sft_cfg, tok)
 
     def evaluate_stage(name, model, m1_responses=None, prev_responses=None):
-        return stage(os.path.join(cfg.run_dir, "eval", f"{name}.json"), lambda: E.evaluate_model(
-            model, tok, cfg, name, data, world, rubric, m1_responses, prev_responses, lambda: load_judge(cfg, tok)), "json")
+        return RUN.stage(os.path.join(cfg.run_dir, "eval", f"{name}.json"), lambda: E.evaluate_model(
+            model, tok, cfg, name, data, world, rubric, m1_responses, prev_responses, lambda: load_judge(cfg, tok)),
+            "json", check=lambda r: rundir.check_eval(r, name, len(data["eval"])))
 
     baseline = [evaluate_stage("M0", m0)] if cfg.eval_m0 and init else []
     results = [evaluate_stage("M1", model)]
@@ -517,7 +456,7 @@ def run(cfg: Config) -> dict:
         results.append(evaluate_stage(f"M{t + 1}", model, m1_responses, results[-1]["responses"]))
     if cfg.iterations:
         mtbench(cfg, model, tok, f"M{cfg.iterations + 1}")
-    return E.report(cfg, world, baseline + results, iteration_stats, seed_metrics, time.time() - t_start, TIMINGS.data)
+    return E.report(cfg, world, baseline + results, iteration_stats, seed_metrics, RUN.stage_seconds(), RUN.timings)
 
 
 def load_judge(cfg: Config, tok):
@@ -533,21 +472,42 @@ def mtbench(cfg: Config, model, tok, name: str):
         return
     os.makedirs(os.path.join(cfg.run_dir, "mtbench"), exist_ok=True)
     model_id = f"{os.path.basename(os.path.normpath(cfg.run_dir))}-{name}"
-    stage(os.path.join(cfg.run_dir, "mtbench", f"{name}.jsonl"),
+    RUN.stage(os.path.join(cfg.run_dir, "mtbench", f"{name}.jsonl"),
           lambda: E.mtbench_answers(model, tok, cfg, model_id, D.read_mtbench()))
+
+
+CHOICES = {"world": ("auto", "toy", "real", "none"), "pairs_from": ("judge", "random"), "prompt_model": ("base", "current")}
+
+
+def field_help() -> dict:
+    """Each Config field's comment in the source above (with its continuation lines): the --help text."""
+    out, name = {}, None
+    for line in inspect.getsource(Config).splitlines():
+        if m := re.match(r"\s+(\w+): [^=]+=[^#]*(?:#\s*(.*))?$", line):
+            name = m[1]
+            out[name] = m[2] or ""
+        elif (m := re.match(r"\s+#\s*(.*)$", line)) and name:
+            out[name] += " " + m[1]
+        else:
+            name = None
+    return out
 
 
 def parse_args(argv=None) -> Config:
     """Config from the command line. --world real and --data change some defaults (REAL_DEFAULTS,
     NONE_DEFAULTS); a flag given on the command line always wins."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    helps = field_help()
     for name, value in asdict(Config()).items():
         flag, extra = "--" + name.replace("_", "-"), ""
         for world, table in (("real", REAL_DEFAULTS), ("--data", NONE_DEFAULTS)):
             if name in table:
                 extra += f"; with {'--world ' if world == 'real' else ''}{world}: {table[name]}"
         kind = dict(action=argparse.BooleanOptionalAction) if isinstance(value, bool) else dict(type=type(value))
-        p.add_argument(flag, default=argparse.SUPPRESS, help=f"default: {value}{extra}", **kind)
+        if name in CHOICES:
+            kind["choices"] = CHOICES[name]
+        text = f"{helps.get(name, '')} (default: {value!r}{extra})".strip().replace("%", "%%")
+        p.add_argument(flag, default=argparse.SUPPRESS, help=text, **kind)
     given = vars(p.parse_args(argv))
     world = given.get("world", "auto")
     if world == "auto":
@@ -561,19 +521,51 @@ def parse_args(argv=None) -> Config:
     return cfg
 
 
+# Flag -> (lowest, highest) allowed; None = unbounded. Counts of things are at least 1 (or 0 where none is
+# a meaningful request), rates in their range; every float must be finite.
+BOUNDS = {"iterations": (0, None), "threads": (0, None), "pretrain_steps": (1, None), "pretrain_batch": (1, None),
+          "pretrain_seq_len": (2, None), "pretrain_chars": (0, None), "pretrain_task_lists": (0, None),
+          "pretrain_graded": (0, None), "n_ift": (1, None), "n_eft": (0, None), "sft_steps": (1, None),
+          "sft_batch": (1, None), "n_prompts": (1, None), "max_prompt_tokens": (1, None), "n_candidates": (2, None),
+          "judge_samples": (1, None), "max_response_tokens": (1, None), "max_judge_tokens": (1, None),
+          "dpo_batch": (1, None), "n_eval": (1, None), "n_rm": (0, None), "mtbench_tokens": (1, None),
+          "batch_size": (1, None), "pretrain_lr": (0, None), "sft_lr": (0, None), "sft_min_lr": (0, None),
+          "dpo_lr": (0, None), "dpo_min_lr": (0, None), "dpo_epochs": (0, None), "beta": (0, None),
+          "rpo_alpha": (0, None), "temperature": (0, None), "prompt_temperature": (0, None), "top_p": (0, 1),
+          "rouge_threshold": (0, 1), "dropout": (0, 1)}
+
+
+def check_numbers(cfg: Config):
+    for name, (lo, hi) in BOUNDS.items():
+        v, flag = getattr(cfg, name), "--" + name.replace("_", "-")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"{flag} {v}: must be a finite number")
+        if v < lo or (hi is not None and v > hi):
+            raise ValueError(f"{flag} {v}: must be {'>= ' + str(lo) if hi is None else f'between {lo} and {hi}'}")
+    for name in ("top_p", "beta", "dpo_epochs", "dpo_lr", "sft_lr", "pretrain_lr"):
+        if getattr(cfg, name) == 0:
+            raise ValueError(f"--{name.replace('_', '-')} 0: must be above 0")
+    if cfg.dropout >= 1:
+        raise ValueError(f"--dropout {cfg.dropout}: must be below 1")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    for name in ("dpo_batch", "pretrain_batch", "sft_batch"):
+        if getattr(cfg, name) % world:
+            raise ValueError(f"--{name.replace('_', '-')} {getattr(cfg, name)} must divide by the {world} ranks")
+
+
 def validate(cfg: Config):
     """Settings that cannot work, refused before any work starts."""
-    if cfg.world not in ("toy", "real", "none"):
-        raise ValueError(f"--world must be toy, real, none or auto, not {cfg.world!r}")
     if cfg.data and cfg.world != "none":
         raise ValueError("--data brings its own data and no ground truth: use it with --world none (the default "
                          "with --data)")
     if cfg.world == "none" and not cfg.data:
         raise ValueError("--world none needs --data DIR (data.py's contract: ift, eft, eval and optionally rm .jsonl)")
-    if cfg.pairs_from not in ("judge", "random"):
-        raise ValueError(f"--pairs-from must be 'judge' or 'random', not {cfg.pairs_from!r}")
-    if cfg.prompt_model not in ("base", "current"):
-        raise ValueError(f"--prompt-model must be 'base' or 'current', not {cfg.prompt_model!r}")
+    if cfg.world == "auto":
+        raise ValueError("--world auto is for the command line (toy, or none with --data): pass toy, real or none")
+    for name, allowed in CHOICES.items():
+        if getattr(cfg, name) not in allowed:
+            raise ValueError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, not {getattr(cfg, name)!r}")
+    check_numbers(cfg)
     J.load_rubric(cfg.judge_prompt or "fig2")  # a bad rubric fails now, not after training
     # Inputs found now, not after an hour of training (each raises FileNotFoundError saying what to install).
     if cfg.world == "real" and not cfg.sharegpt:
@@ -586,9 +578,18 @@ def validate(cfg: Config):
         D.mtbench_path()
 
 
-if __name__ == "__main__":
+def main(argv=None):
+    cfg = parse_args(argv)
     try:
-        run(parse_args())
+        run(cfg)
+    except RunDirError as e:
+        sys.exit(f"loop.py: {e}")
+    except KeyboardInterrupt:
+        sys.exit(f"\ninterrupted: every finished stage is kept in {cfg.run_dir}; the same command resumes from there")
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -31,17 +31,27 @@ FIELDS = {"pretrain": ("text",), "sft": ("prompt", "response"), "dpo": ("prompt"
 REF_FIELDS = ("ref_chosen", "ref_rejected")
 
 
+ID_FIELDS = {"pretrain": ("ids",), "sft": ("prompt_ids", "response_ids"), "dpo": ("prompt_ids", "chosen_ids", "rejected_ids")}
+
+
 def check_example(ex, mode: str, where: str):
-    """Raise a ValueError naming `where` (file:line) and the field if ex is not a valid `mode` example."""
+    """Raise a ValueError naming `where` (file:line) and the field if ex is not a valid `mode` example: its
+    text fields (unless it carries token ids alone), its token ids if any, its reference log-probs if any."""
     if not isinstance(ex, dict):
         raise ValueError(f"{where}: expected a JSON object with fields {list(FIELDS[mode])}, got {type(ex).__name__}")
-    if "prompt_ids" in ex or "ids" in ex:
-        return  # already tokenized by tokenize() or pack_documents()
-    for name in FIELDS[mode]:
-        if name not in ex:
-            raise ValueError(f"{where}: missing field {name!r} (a {mode} example needs {list(FIELDS[mode])})")
-        if not isinstance(ex[name], str):
-            raise ValueError(f"{where}: field {name!r} must be a string, got {type(ex[name]).__name__}")
+    has_ids = any(k in ex for k in ID_FIELDS[mode])
+    if has_ids:
+        for name in ID_FIELDS[mode]:
+            v = ex.get(name)
+            if not isinstance(v, list) or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in v):
+                raise ValueError(f"{where}: field {name!r} must be a list of token ids (the {mode} ids come "
+                                 f"together: {list(ID_FIELDS[mode])}), got {str(v)[:80]}")
+    if not has_ids or any(k in ex for k in FIELDS[mode]):  # text alone, or text beside ids: all of it
+        for name in FIELDS[mode]:
+            if name not in ex:
+                raise ValueError(f"{where}: missing field {name!r} (a {mode} example needs {list(FIELDS[mode])})")
+            if not isinstance(ex[name], str):
+                raise ValueError(f"{where}: field {name!r} must be a string, got {type(ex[name]).__name__}")
     if mode == "dpo" and any(k in ex for k in REF_FIELDS):
         for name in REF_FIELDS:
             v = ex.get(name)
@@ -50,15 +60,33 @@ def check_example(ex, mode: str, where: str):
                                  f"ref_rejected come together), got {v!r}")
 
 
-def load_examples(path: str, mode: str) -> list[dict]:
-    """One example per line, validated (errors name file:line and the field). For pretrain, a .txt file
-    gives one document per non-empty line."""
+def check_ids_match_text(ex, tokenizer, mode: str, where: str):
+    """An example with both text and token ids must say the same thing twice: the ids are the text's chat
+    encoding, truncated as tokenize truncates (the prompt keeps its end, a response its start). Otherwise
+    which of the two is trained on would be a silent choice."""
+    if mode == "pretrain" or "prompt_ids" not in ex or "prompt" not in ex or tokenizer is None:
+        return
+    full = {"prompt": tokenizer.encode_chat_prompt(ex["prompt"])}
+    for name in FIELDS[mode][1:]:
+        full[name] = tokenizer.encode_chat_response(ex[name])
+    for name, ids in full.items():
+        got = ex[f"{name}_ids"]
+        ok = (ids[len(ids) - len(got):] == got) if name == "prompt" else ids[:len(got)] == got
+        if not ok or not got:
+            raise ValueError(f"{where}: field {name}_ids is not the tokenized {name!r} text: the text and the "
+                             "ids disagree. Drop the *_ids fields to train on the text, or fix the text.")
+
+
+def load_examples(path: str, mode: str, tokenizer=None) -> list[dict]:
+    """One example per line, validated (errors name file:line and the field); with a tokenizer, token ids
+    are checked against the text beside them. For pretrain, a .txt file gives one document per line."""
     if mode == "pretrain" and not path.endswith(".jsonl"):
         with open(path, encoding="utf-8") as f:
             return [{"text": line.rstrip("\n")} for line in f if line.strip()]
     rows = []
     for lineno, ex in iter_jsonl(path):
         check_example(ex, mode, f"{path}:{lineno}")
+        check_ids_match_text(ex, tokenizer, mode, f"{path}:{lineno}")
         rows.append(ex)
     if not rows:
         raise ValueError(f"{path}: no examples")
@@ -84,6 +112,7 @@ def tokenize(examples: list[dict], tokenizer, mode: str, max_len: int) -> list[d
     for i, ex in enumerate(examples):
         check_example(ex, mode, f"examples[{i}]")
         if "prompt_ids" in ex:
+            check_ids_match_text(ex, tokenizer, mode, f"examples[{i}]")
             out.append(ex)
             continue
         if tokenizer is None:

@@ -59,8 +59,20 @@ def full_state(model, opt=None):
     return get_model_state_dict(model, options=o), (get_optimizer_state_dict(model, opt, options=o) if opt else None)
 
 
+def weights_finite(model) -> bool:
+    """Whether every weight is finite, over all ranks' shards (a collective under torchrun)."""
+    ok = all(bool(torch.isfinite(p.to_local() if hasattr(p, "to_local") else p).all()) for p in model.parameters())
+    flag = torch.tensor(int(ok), device=next(model.parameters()).device)
+    if rank_world()[1] > 1:
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
 def save_final(model, out: str, tokenizer=None):
-    """Meta-layout checkpoint in `out` (checkpoint.save_checkpoint); under FSDP, gathered to rank 0 first."""
+    """Meta-layout checkpoint in `out` (checkpoint.save_checkpoint); under FSDP, gathered to rank 0 first.
+    Weights that are not all finite are never saved: FloatingPointError."""
+    if not weights_finite(model):
+        raise FloatingPointError(f"{out}: the weights are not all finite (NaN or inf); nothing is saved")
     if not isinstance(model, FSDPModule):
         save_checkpoint(model, out, tokenizer)
         return

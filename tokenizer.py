@@ -535,7 +535,10 @@ class Tokenizer:
         gguf_path = os.fspath(gguf_path)
         if not os.path.isfile(gguf_path):
             raise FileNotFoundError(f"GGUF file not found: {gguf_path}")
-        fields = gguf.GGUFReader(gguf_path).fields
+        try:
+            fields = gguf.GGUFReader(gguf_path).fields
+        except Exception as e:  # empty, garbage or truncated: gguf's own errors name no file
+            raise ValueError(f"{gguf_path}: not a readable GGUF file ({type(e).__name__}: {e})") from None
 
         def get(key):
             if key not in fields:

@@ -115,6 +115,30 @@ def test_killed_mid_stage_resumes_to_the_same_result(straight, tmp_path):
     assert _final(tmp_path / "killed") == _final(straight)
 
 
+def _kill_when(run_dir, seen):
+    """Start the loop in run_dir and SIGKILL it the moment seen() holds (polled every millisecond)."""
+    p = _run(run_dir)
+    deadline = time.time() + 600
+    while not seen() and p.poll() is None and time.time() < deadline:
+        time.sleep(0.001)
+    p.send_signal(signal.SIGKILL)
+    p.communicate()
+
+
+def test_killed_anywhere_even_inside_an_atomic_write_resumes_to_the_same_bytes(straight, tmp_path):
+    run = tmp_path / "k"
+    temporaries = lambda: [p for p in run.rglob("*") if ".tmp" in p.name]  # noqa: E731
+    _kill_when(run, lambda: bool(temporaries()))  # between an atomic write's temporary file and its rename
+    _kill_when(run, lambda: (run / "iter1" / "candidates.jsonl").exists())  # between two stages
+    _kill_when(run, lambda: (run / "M2" / "history.json").exists())  # between the history and the done-marker
+    p = _run(run)
+    out, _ = p.communicate(timeout=600)
+    assert p.returncode == 0, out[-3000:]
+    assert _final(run) == _final(straight) and not temporaries()
+    for f in ("M1/consolidated.00.pth", "M2/consolidated.00.pth", "iter1/pairs.jsonl", "eval/M2.json"):
+        assert (run / f).read_bytes() == (straight / f).read_bytes(), f
+
+
 def test_two_rank_torchrun_loop_matches_one_process_where_it_is_deterministic(straight, tmp_path):
     """torchrun, 2 ranks on gloo: every stage runs (FSDP2 training, generation split across ranks) and
     writes the same artifacts. Pretraining (no dropout, same global batch) gives the same per-step losses
@@ -151,8 +175,17 @@ def test_init_checkpoint_takes_the_place_of_pretraining(straight, tmp_path):
 @pytest.mark.parametrize("argv,message", [
     (["--world", "real", "--data", "."], "--data brings its own data"),
     (["--world", "none"], "--world none needs --data"),
-    (["--world", "moon"], "--world must be toy, real, none or auto"),
-    (["--pairs-from", "oracle"], "--pairs-from must be 'judge' or 'random'"),
+    (["--world", "moon"], "argument --world: invalid choice: 'moon'"),
+    (["--pairs-from", "oracle"], "argument --pairs-from: invalid choice: 'oracle'"),
+    (["--prompt-model", "currnet"], "argument --prompt-model: invalid choice: 'currnet'"),
+    (["--n-candidates", "1"], "--n-candidates 1: must be >= 2"),
+    (["--temperature", "-1"], "--temperature -1.0: must be >= 0"),
+    (["--iterations", "-1"], "--iterations -1: must be >= 0"),
+    (["--batch-size", "0"], "--batch-size 0: must be >= 1"),
+    (["--judge-samples", "0"], "--judge-samples 0: must be >= 1"),
+    (["--dpo-batch", "0"], "--dpo-batch 0: must be >= 1"),
+    (["--dpo-lr", "inf"], "--dpo-lr inf: must be a finite number"),
+    (["--top-p", "0"], "--top-p 0: must be above 0"),
     (["--judge-prompt", "no/such/rubric.txt"], "not a shipped rubric"),
     (["--data", "no/such/folder"], "--data no/such/folder: no such folder"),
 ])
