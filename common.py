@@ -126,12 +126,11 @@ def all_sum(t: torch.Tensor) -> torch.Tensor:
 MIN_SHARED_PREFIX = 32
 
 
-def common_prefix_len(rows, limit: int | None = None) -> int:
-    """How many leading tokens every row (lists or 1-D tensors of ids) has in common, at most `limit`."""
-    first = list(rows[0])
-    n = min(len(r) for r in rows) if limit is None else min(limit, *(len(r) for r in rows))
-    others = [list(r) for r in rows[1:]]
-    for i in range(max(n, 0)):
-        if any(r[i] != first[i] for r in others):
+def common_prefix_len(rows: list[list[int]], limit: int | None = None) -> int:
+    """How many leading tokens every row (a list of ids) has in common, at most `limit`."""
+    first = rows[0]
+    n = max(min(len(r) for r in rows) if limit is None else min(limit, *(len(r) for r in rows)), 0)
+    for i in range(n):
+        if any(r[i] != first[i] for r in rows):
             return i
-    return max(n, 0)
+    return n

@@ -439,7 +439,8 @@ def train(model, examples: list[dict], cfg: TrainConfig, tokenizer=None, eval_ex
     if cfg.resume and done_path and os.path.exists(done_path) and not os.path.exists(state_path):
         check_config(read_json_object(done_path), cfg, done_path)  # finished: nothing left to train
         log(f"{cfg.out}: already trained ({cfg.steps} steps); nothing to do")
-        return json.loads(open(os.path.join(cfg.out, "history.json"), encoding="utf-8").read())
+        with open(os.path.join(cfg.out, "history.json"), encoding="utf-8") as f:
+            return json.load(f)
     start, history = 0, []
     if cfg.resume and state_path and os.path.exists(state_path):
         start, history = load_state(state_path, model, opt, cfg, rows, eval_rows)

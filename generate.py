@@ -133,10 +133,14 @@ POOL_DEVICES = ("cuda",)
 _pools = weakref.WeakKeyDictionary()  # model -> {(batch, length): [KVCache per layer]}
 
 
+def _pooled(model) -> bool:
+    return model.tok_embeddings.weight.device.type in POOL_DEVICES
+
+
 def setup_cache(model, batch: int, length: int):
     """model.setup_cache, or the pooled caches of that shape, zeroed. Pooled KVCache modules are never
     changed in place: dropping finished rows or repeating rows for samples puts new ones in their stead."""
-    if model.tok_embeddings.weight.device.type not in POOL_DEVICES:
+    if not _pooled(model):
         return model.setup_cache(batch, length)
     pool = _pools.setdefault(model, {})
     caches = pool.get((batch, length))
@@ -221,7 +225,7 @@ def repeat_rows(model, n: int, *tensors):
     """Each row n times, [r0, r0, ..., r1, ...], in the caches and in each tensor given (returned)."""
     cache = model.layers[0].attention.cache
     B, S = cache.k.shape[0], cache.k.shape[2]
-    if model.tok_embeddings.weight.device.type in POOL_DEVICES:  # into the pooled buffers, whose addresses
+    if _pooled(model):  # into the pooled buffers, whose addresses
         old = [(layer.attention.cache.k, layer.attention.cache.v) for layer in model.layers]  # graphs captured
         setup_cache(model, B * n, S)
         for layer, (k, v) in zip(model.layers, old):

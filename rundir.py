@@ -56,17 +56,16 @@ def stage_groups(name: str) -> tuple:
     if name == "data":
         return ("data",)
     if m := re.fullmatch(r"M(\d+)", name):
-        k = int(m[1])
-        return model_groups(k) if k <= 1 else _AIFT + ("dpo",)
+        return model_groups(int(m[1]))
     if m := re.fullmatch(r"eval/M(\d+)\.json", name):
         return tuple(dict.fromkeys(model_groups(int(m[1])) + ("sampling", "eval")))
     if m := re.fullmatch(r"mtbench/M(\d+)\.jsonl", name):
         return tuple(dict.fromkeys(model_groups(int(m[1])) + ("sampling", "mtbench")))
     if m := re.fullmatch(r"iter(\d+)/(prompts|candidates|judgments|pairs)\.jsonl", name):
         t, kind = int(m[1]), m[2]
-        upto = {"prompts": 5, "candidates": 6, "judgments": 7, "pairs": 7}[kind]
-        base = model_groups(t) + ("sampling",) if t == 1 else _AIFT + ("dpo",)
-        return tuple(dict.fromkeys(base + _AIFT[3:upto]))
+        if t > 1:  # M_t itself was shaped by every AIFT group and DPO
+            return _AIFT + ("dpo",)
+        return _AIFT[:_AIFT.index("judgments" if kind == "pairs" else kind) + 1]  # M1, then this stage's inputs
     raise ValueError(f"rundir: no stage is named {name!r}")
 
 
