@@ -26,13 +26,15 @@ model is never in memory while the policy trains); pretrain {"text"} (or a .txt 
 Losses only count response tokens (chat format: prompt ids + response ids ending in end-of-turn).
 
 Batches: `batch_size` is the global batch (examples, pairs or rows) summed over ranks and micro-batches.
+It is cut into micro-batches of `micro_batch_size` before the ranks take theirs, so the same micro-batches
+run, with the same dropout masks, under any number of ranks (tests/test_fsdp.py).
 SFT/pretrain average over the *tokens* of the whole global batch (every response token weighs the same,
 however the batch is cut into micro-batches or ranks); DPO averages over pairs.
 
 Checkpoints: OUT/train_state.pt every save_every steps = full (gathered) model + optimiser state dicts
 (FQN keys, so a run may resume on another number of ranks), step and history; written by rank 0,
 atomically, and removed once the final checkpoint is written. Non-finite weights are never saved.
-Data order and dropout masks are pure functions of (seed, step, rank), so the step is the
+Data order and dropout masks are pure functions of (seed, step, micro-batch), so the step is the
 whole data position and RNG state. The final weights go to OUT in Meta's layout (sharding.save_final).
 Gathering full state dicts on rank 0 suits models that fit one host's RAM; for 70B, switch to
 torch.distributed.checkpoint.save of the sharded state dicts.
@@ -134,7 +136,7 @@ class TrainConfig:
     mode: str = "sft"  # "pretrain" | "sft" | "dpo"
     steps: int = 100  # optimiser steps
     batch_size: int = 16  # global: examples (sft), pairs (dpo) or rows of max_len tokens (pretrain)
-    micro_batch_size: int = 4  # per rank and forward; batch_size % (micro_batch_size * ranks) == 0
+    micro_batch_size: int = 4  # rows per forward (any number of ranks takes the same micro-batches)
     lr: float | None = None  # None: MODE_DEFAULTS[mode] (likewise min_lr, schedule, dropout, weight_decay)
     min_lr: float | None = None
     schedule: str | None = None  # "cosine" | "linear" | "constant"
@@ -196,7 +198,7 @@ def _autocast(device: torch.device, model):
     return contextlib.nullcontext()
 
 
-def batch_logps(model, rows: list[dict], mode: str, device, doc_mask: bool = True):
+def batch_logps(model, rows: list[dict], mode: str, device, doc_mask: bool = True, split: bool = False):
     """Summed log-probs of the scored tokens of each sequence of a micro-batch, and their counts:
     dpo -> (2b,) the b chosen then the b rejected; sft/pretrain -> (b,) per row. packing.scored_logits
     lays the batch out and runs the model; this is sequence_logps on its output.
@@ -204,7 +206,7 @@ def batch_logps(model, rows: list[dict], mode: str, device, doc_mask: bool = Tru
     # FlexAttention (CUDA) is compiled for static shapes: 128-token steps (its block size) bound recompiles.
     pad_to = 128 if device.type == "cuda" else 1
     with _autocast(device, model):
-        logits, targets, seq, n_seq, n_real = packing.scored_logits(model, rows, mode, device, doc_mask, pad_to)
+        logits, targets, seq, n_seq, n_real = packing.scored_logits(model, rows, mode, device, doc_mask, pad_to, split)
     tok = token_logps(logits, targets)  # (N,)
     logps = torch.zeros(n_seq, dtype=tok.dtype, device=device).index_add(0, seq, tok)
     return logps, torch.bincount(seq, minlength=n_seq), n_real
@@ -213,8 +215,9 @@ def batch_logps(model, rows: list[dict], mode: str, device, doc_mask: bool = Tru
 @torch.no_grad()
 def score_examples(model, rows: list[dict], mode: str, micro_batch_size: int = 8, doc_mask: bool = True) -> torch.Tensor:
     """Per-example log-probs in eval mode: dpo -> (n, 4) = (logp chosen, logp rejected, n chosen tokens,
-    n rejected tokens); sft/pretrain -> (n, 2) = (sum logp, n tokens). Work is split over ranks, every
-    rank running the same number of forwards (FSDP all-gathers in lockstep), then gathered."""
+    n rejected tokens); sft/pretrain -> (n, 2) = (sum logp, n tokens). The micro-batches are cut from
+    all rows, as train_step cuts a batch, and the ranks take every world-th one, each rank running the
+    same number of forwards (FSDP all-gathers in lockstep); then the scores are summed over ranks."""
     n = len(rows)
     if n == 0:
         return torch.zeros(0, 4 if mode == "dpo" else 2, dtype=torch.float64)
@@ -222,27 +225,32 @@ def score_examples(model, rows: list[dict], mode: str, micro_batch_size: int = 8
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    order = sorted(range(n), key=lambda i: packing.row_length(rows[i]))  # similar lengths share a batch
-    per_rank = -(-n // world)
-    mine = [order[j] if j < n else order[0] for j in range(rank, per_rank * world, world)]  # (per_rank,)
-    out = []
-    for s in range(0, per_rank, micro_batch_size):
-        logps, counts, _ = batch_logps(model, [rows[i] for i in mine[s:s + micro_batch_size]], mode, device, doc_mask)
+    chunks = packing.micro_batches(rows, micro_batch_size)
+    split = split_all(rows, chunks, mode)
+    mine = list(range(rank, len(chunks), world))
+    mine += [None] * (-(-len(chunks) // world) - len(mine))  # every rank runs as many forwards (FSDP)
+    result = torch.zeros(n, 4 if mode == "dpo" else 2, dtype=torch.float64, device=device)
+    for k in mine:
+        idx = chunks[k if k is not None else 0]
+        logps, counts, _ = batch_logps(model, [rows[i] for i in idx], mode, device, doc_mask, split)
+        if k is None:  # a repeat, only to keep step
+            continue
         counts = counts.to(logps.dtype)  # (rows,)
-        b = len(mine[s:s + micro_batch_size])
+        b = len(idx)
         cols = [logps[:b], logps[b:], counts[:b], counts[b:]] if mode == "dpo" else [logps, counts]
-        out.append(torch.stack(cols, 1).double())
+        result[torch.tensor(idx, device=device)] = torch.stack(cols, 1).double()
     model.train(was_training)
     if isinstance(model, FSDPModule):
         model.reshard()  # FSDP keeps the root's params gathered after a forward that no backward follows
-    mine_out = torch.cat(out)  # (per_rank, k)
     if world > 1:
-        gathered = [torch.empty_like(mine_out) for _ in range(world)]
-        dist.all_gather(gathered, mine_out)
-        mine_out = torch.stack(gathered, 1).flatten(0, 1)  # row j*world + r = rank r's j-th example
-    result = torch.empty(n, mine_out.shape[1], dtype=torch.float64)
-    result[torch.tensor(order)] = mine_out[:n].cpu()
-    return result
+        dist.all_reduce(result)  # each example was scored by exactly one rank, zeros elsewhere
+    return result.cpu()
+
+
+def split_all(rows: list[dict], chunks: list[list[int]], mode: str) -> bool:
+    """Whether the micro-batches of a step run in two parts (packing.prefix_logits): when one of them
+    has a shared prefix, so that every micro-batch, on any rank, runs the same two forwards."""
+    return mode == "sft" and any(packing.shared_prefix_len([rows[i] for i in c]) for c in chunks)
 
 
 def compute_reference_logps(model, pairs: list[dict], tokenizer=None, max_len: int | None = None,
@@ -301,10 +309,10 @@ def seed_dropout(seed: int, device: torch.device):
         torch.cuda.manual_seed(seed)  # the current device, the one this rank trains on
 
 
-def micro_batch_loss(model, rows, cfg, device, norm, ref_model):
+def micro_batch_loss(model, rows, cfg, device, norm, ref_model, split: bool = False):
     """Loss of one micro-batch, scaled so that the sum over micro-batches and the mean over ranks
     (FSDP averages gradients) is the global batch's mean. Returns (loss, metric sums, real tokens)."""
-    logps, counts, n_real = batch_logps(model, rows, cfg.mode, device, cfg.doc_mask)  # dpo: (2b,) chosen, then rejected
+    logps, counts, n_real = batch_logps(model, rows, cfg.mode, device, cfg.doc_mask, split)  # dpo: (2b,) chosen, then rejected
     if cfg.mode != "dpo":
         return -logps.sum() / norm, {}, n_real  # SFT/pretrain: mean over the global batch's tokens
     b = len(rows)
@@ -343,27 +351,35 @@ def fill_references(model, rows, eval_rows, cfg: TrainConfig, ref_model, resumed
 
 
 def train_step(model, opt, rows, cfg: TrainConfig, step: int, device, ref_model) -> dict:
-    """One optimiser step on global batch `step`: this rank's share, cut into micro-batches whose
-    gradients accumulate, then clipping and AdamW. Returns the step's record for the history."""
+    """One optimiser step on global batch `step`: cut into micro-batches, of which this rank runs every
+    world-th, their gradients accumulated; then clipping and AdamW. Returns the step's record."""
     rank, world = rank_world()
     B, mb = cfg.batch_size, cfg.micro_batch_size
     t_step = time.time()
-    seed_dropout(cfg.seed * 1_000_003 + step * 1_009 + rank, device)  # masks: f(seed, step, rank)
     idx = batch_indices(len(rows), B, step, cfg.seed)
-    # Micro-batches of similar length (sorted within the rank's share) waste little padding; the summed
-    # gradient does not depend on how the global batch is cut.
-    mine = idx[rank * B // world:(rank + 1) * B // world]
-    chunks = packing.micro_batches([rows[i] for i in mine], mb, regroup=world == 1)
+    # The global batch is cut into micro-batches (similar rows together, so little padding is wasted)
+    # before the ranks take theirs, every world-th one; each micro-batch's dropout masks are drawn from
+    # its own seed, f(seed, step, micro-batch). So the micro-batches, their masks and the summed
+    # gradient are the same under any number of ranks. FSDP's collectives need as many forwards on every
+    # rank: one short of a micro-batch runs its first again (or the batch's first) with weight 0.
+    batch = [rows[i] for i in idx]
+    cut = packing.micro_batches(batch, mb)
+    chunks, split = [[batch[i] for i in c] for c in cut], split_all(batch, cut, cfg.mode)
+    mine = list(range(rank, len(chunks), world))
+    mine += [None] * (-(-len(chunks) // world) - len(mine))
     # SFT/pretrain normalise by the global batch's target tokens, DPO by its pairs (per rank).
     norm = (sum(rows[i]["n_targets"] for i in idx) if cfg.mode != "dpo" else B) / world
     lr = lr_at(step, cfg.steps, cfg.lr, cfg.min_lr, cfg.warmup, cfg.schedule)
     for g in opt.param_groups:
         g["lr"] = lr
     sums = torch.zeros(6, dtype=torch.float64)  # loss, acc, chosen, rejected, margin, tokens
-    for k, chunk in enumerate(chunks):
+    for j, k in enumerate(mine):
         if isinstance(model, FSDPModule):  # reduce-scatter gradients only after the last one
-            model.set_requires_gradient_sync(k == len(chunks) - 1)
-        loss, m, n_real = micro_batch_loss(model, chunk, cfg, device, norm, ref_model)
+            model.set_requires_gradient_sync(j == len(mine) - 1)
+        seed_dropout(cfg.seed * 1_000_003 + step * 1_009 + (k or 0), device)
+        loss, m, n_real = micro_batch_loss(model, chunks[k or 0], cfg, device, norm, ref_model, split)
+        if k is None:  # the repeat: in lockstep, adding nothing
+            loss, m, n_real = loss * 0, {}, 0
         loss.backward()
         sums += torch.tensor([loss.item(), m.get("reward_accuracy", 0), m.get("chosen_reward", 0),
                               m.get("rejected_reward", 0), m.get("margin", 0), n_real], dtype=torch.float64)
@@ -430,9 +446,6 @@ def train(model, examples: list[dict], cfg: TrainConfig, tokenizer=None, eval_ex
     max_len = train_max_len(model, cfg.max_len)
     rows = packing.prepare(examples, cfg.mode, tokenizer, max_len)
     eval_rows = packing.prepare(eval_examples, cfg.mode, tokenizer, max_len) if eval_examples else None
-    if cfg.batch_size % (cfg.micro_batch_size * world):
-        raise ValueError(f"TrainConfig.batch_size={cfg.batch_size} must divide by micro_batch_size "
-                         f"({cfg.micro_batch_size}) x ranks ({world})")
     opt = make_optimizer(model, cfg)
     state_path = os.path.join(cfg.out, "train_state.pt") if cfg.out else None
     done_path = os.path.join(cfg.out, "train_config.json") if cfg.out else None
@@ -447,8 +460,8 @@ def train(model, examples: list[dict], cfg: TrainConfig, tokenizer=None, eval_ex
         log(f"resumed {state_path} at step {start}/{cfg.steps}")
     eval_rows = fill_references(model, rows, eval_rows, cfg, ref_model, start > 0, state_path)
     log(f"{cfg.mode}: {len(rows)} {'pairs' if cfg.mode == 'dpo' else 'rows'}, {cfg.steps} steps x batch "
-        f"{cfg.batch_size} ({world} rank(s) x {cfg.batch_size // (cfg.micro_batch_size * world)} micro-batches of "
-        f"{cfg.micro_batch_size}), lr {cfg.lr:g} {cfg.schedule} -> {cfg.min_lr:g}, dropout {cfg.dropout}")
+        f"{cfg.batch_size} ({-(-cfg.batch_size // cfg.micro_batch_size)} micro-batches of up to {cfg.micro_batch_size}"
+        f" over {world} rank(s)), lr {cfg.lr:g} {cfg.schedule} -> {cfg.min_lr:g}, dropout {cfg.dropout}")
     t0, last = time.time(), start
     with training_mode(model, cfg.dropout), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         for step in range(start, cfg.steps):

@@ -14,17 +14,15 @@ and says so: the model's own judge scores of its answers, a head-to-head against
 sees both answers in both orders, the judge's agreement with rm.jsonl's reference scores if there is one,
 lengths and parse rates.
 
-Imports: torch (generators), generate.py (sampling), judge.py (judging and its metrics), data.py (FastChat's
+Imports: generate.py (sampling), judge.py (judging and its metrics), data.py (FastChat's
 answer format), common.py (atomic writes, rank and log); matplotlib for the plot, if installed.
 """
 import os
 
-import torch
-
 import data as D
 import generate
 import judge as J
-from common import atomic_write, atomic_write_text, barrier, is_main, log, rank_world, write_json
+from common import atomic_write, atomic_write_text, barrier, is_main, log, write_json
 
 
 def rouge_l(a: str, b: str) -> float:
@@ -41,25 +39,26 @@ def rouge_l(a: str, b: str) -> float:
     return 2 * prev[-1] / (len(x) + len(y))
 
 
-def sampling(cfg, temperature: float, seed: int) -> dict:
-    seed += 7919 * rank_world()[0]  # under torchrun each rank samples its own share of the prompts
-    return dict(temperature=temperature, top_p=cfg.top_p, generator=torch.Generator(device=cfg.device).manual_seed(seed),
+def sampling(cfg, temperature: float, stream: str) -> dict:
+    """generate_many's sampling settings; the stage's random streams are named by the run's seed and
+    `stream` (each row then by its prompt and sample index: generate.row_key)."""
+    return dict(temperature=temperature, top_p=cfg.top_p, seed=f"{cfg.seed}/{stream}",
                 compile=cfg.compile, batch_size=cfg.batch_size)
 
 
-def respond(model, tok, cfg, prompts: list[str], n: int, temperature: float, seed: int, what: str) -> list[list[str]]:
+def respond(model, tok, cfg, prompts: list[str], n: int, temperature: float, stream: str, what: str) -> list[list[str]]:
     """n sampled responses (text) per prompt, in the chat format."""
     ids = [tok.encode_chat_prompt(p) for p in prompts]
     outs = generate.generate_many(model, ids, cfg.max_response_tokens, num_samples=n, stop_ids=tok.stop_ids,
-                                  pad_id=tok.pad_id, progress=what, **sampling(cfg, temperature, seed))
+                                  pad_id=tok.pad_id, progress=what, **sampling(cfg, temperature, stream))
     text = lambda o: tok.decode([t for t in o if t not in tok.stop_ids]).strip()  # noqa: E731
     return [[text(o) for o in out] for out in outs] if n > 1 else [[text(out)] for out in outs]
 
 
-def judge_items(model, tok, cfg, items: list[tuple[str, str]], rubric, seed: int, what: str) -> list[dict]:
+def judge_items(model, tok, cfg, items: list[tuple[str, str]], rubric, stream: str, what: str) -> list[dict]:
     """The loop's judging: cfg.judge_samples sampled judgments per (instruction, response), averaged."""
     return J.judge(model, tok, items, samples=cfg.judge_samples, max_new_tokens=cfg.max_judge_tokens, progress=what,
-                   rubric=rubric, **sampling(cfg, cfg.temperature, seed))
+                   rubric=rubric, **sampling(cfg, cfg.temperature, stream))
 
 
 def win_tie_loss(scores: list[float], other: list[float]) -> dict:
@@ -76,7 +75,7 @@ def evaluate_model(model, tok, cfg, name: str, data: dict, world, rubric, m1_res
     truth, or None. fixed_judge: () -> (model, tokenizer) of the head-to-head judge, used only without a world."""
     log(f"== evaluating {name}")
     prompts = [r["prompt"] for r in data["eval"]]
-    sampled = [r[0] for r in respond(model, tok, cfg, prompts, 1, cfg.temperature, cfg.seed + 7, f"{name} eval (T={cfg.temperature})")]
+    sampled = [r[0] for r in respond(model, tok, cfg, prompts, 1, cfg.temperature, "eval responses", f"{name} eval (T={cfg.temperature})")]
     res = {"model": name, "n_eval": len(prompts)}
     if world is not None:
         res.update(world.metrics(data["eval"], sampled))
@@ -112,7 +111,7 @@ def pair_truth(pairs: list[dict], world) -> dict | None:
 def judge_metrics(model, tok, cfg, name: str, rm: list[dict], rubric) -> dict:
     """Table 4: the judge scores the reward-modelling set; its rankings are compared with the reference."""
     items = [(g["instruction"], r) for g in rm for r in g["responses"]]
-    judged = judge_items(model, tok, cfg, items, rubric, cfg.seed + 11, f"{name} judge RM set")
+    judged = judge_items(model, tok, cfg, items, rubric, "eval rm judgments", f"{name} judge RM set")
     groups, k = [], 0
     for g in rm:
         n = len(g["responses"])
@@ -124,7 +123,7 @@ def judge_metrics(model, tok, cfg, name: str, rm: list[dict], rubric) -> dict:
 def no_truth_metrics(model, tok, cfg, name, prompts, sampled, rubric, m1_responses, fixed_judge) -> dict:
     """What can be measured without a ground truth: the model's own judge scores of its answers, and a
     head-to-head against M1's answers by a fixed judge (both orders)."""
-    own = judge_items(model, tok, cfg, list(zip(prompts, sampled)), rubric, cfg.seed + 13, f"{name} judges itself")
+    own = judge_items(model, tok, cfg, list(zip(prompts, sampled)), rubric, "eval self-judgments", f"{name} judges itself")
     scores = [j["score"] for j in own if j["score"] is not None]
     out = {"self_judged": {"score": sum(scores) / len(scores) if scores else None, "parse_rate": J.parse_rate(own)}}
     if m1_responses is not None and fixed_judge is not None:
@@ -132,7 +131,7 @@ def no_truth_metrics(model, tok, cfg, name, prompts, sampled, rubric, m1_respons
         items = [(p, a, b) for p, a, b in zip(prompts, sampled, m1_responses)]
         out["h2h_vs_M1"] = J.head_to_head(judge_model, judge_tok, items, max_new_tokens=cfg.max_judge_tokens,
                                           progress=f"{name} vs M1, fixed judge",
-                                          **sampling(cfg, cfg.temperature, cfg.seed + 17))
+                                          **sampling(cfg, cfg.temperature, "eval head-to-head"))
     return out
 
 
@@ -155,7 +154,7 @@ def mtbench_answers(model, tok, cfg, model_id: str, questions: list[dict]) -> li
             ids = [tok.encode_dialog(dialogs[i] + [{"role": "user", "content": questions[i]["turns"][turn]}]) for i in idx]
             outs = generate.generate_many(model, ids, cfg.mtbench_tokens, stop_ids=tok.stop_ids, pad_id=tok.pad_id,
                                           progress=f"{model_id} MT-Bench turn {turn + 1} (T={temperature})",
-                                          **sampling(cfg, temperature, cfg.seed + 23 + turn))
+                                          **sampling(cfg, temperature, f"mtbench turn {turn + 1} T={temperature}"))
             for i, o in zip(idx, outs):
                 answer = tok.decode([t for t in o if t not in tok.stop_ids]).strip()
                 dialogs[i] += [{"role": "user", "content": questions[i]["turns"][turn]},

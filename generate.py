@@ -18,6 +18,7 @@ rank, the shared-prefix rule) and cpu_decode.py, whose Linear kernels the compil
 """
 import argparse
 import contextlib
+import hashlib
 import importlib.util
 import math
 import os
@@ -83,9 +84,10 @@ def sample_top_p_fast(probs: torch.Tensor, top_p: float, u: torch.Tensor, k: int
 
 
 def sample(logits: torch.Tensor, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
-           generator: torch.Generator | None = None) -> torch.Tensor:
+           u: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
     """logits (B, V) -> token ids (B,). temperature 0 is greedy; top_k keeps the k most likely tokens,
-    top_p the nucleus (sample_top_p_fast); one uniform number per row picks the token."""
+    top_p the nucleus (sample_top_p_fast); one uniform number per row picks the token: u (B, 1) if
+    given (generate passes each row's own stream), else drawn from generator."""
     logits = logits.float()
     if temperature <= 0:
         return logits.argmax(-1)
@@ -94,10 +96,47 @@ def sample(logits: torch.Tensor, temperature: float = 1.0, top_p: float = 1.0, t
         kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = logits.softmax(-1)
-    u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device, dtype=torch.float64)
+    if u is None:
+        u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device, dtype=torch.float64)
     if top_p < 1.0:
         return sample_top_p_fast(probs, top_p, u)
     return pick(probs, u).squeeze(-1)
+
+
+# ----------------------------------------------------------------------------- random streams
+# Every sampled row draws from its own stream, named by (seed, the prompt's index in the request, the
+# sample's index), and its step t takes the stream's t-th number. So a row's tokens do not depend on
+# which rows share its batch, on --batch-size, or on how many ranks split the prompts.
+
+_GOLDEN, _MIX1, _MIX2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB  # splitmix64's constants
+
+
+def _int64(x: int) -> int:
+    """x modulo 2**64, as the signed int64 a tensor holds."""
+    x &= (1 << 64) - 1
+    return x - (1 << 64) if x >> 63 else x
+
+
+def row_key(seed, index: int, sample: int) -> int:
+    """The stream of sample `sample` of prompt `index` under `seed` (any int or str): a signed 64-bit key."""
+    digest = hashlib.blake2b(f"{seed}|{index}|{sample}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little", signed=True)
+
+
+def _shr(z: torch.Tensor, s: int) -> torch.Tensor:
+    """Logical right shift of int64 (torch's >> is arithmetic: it copies the sign bit)."""
+    return (z >> s) & ((1 << (64 - s)) - 1)
+
+
+def uniforms(keys: torch.Tensor, t: int) -> torch.Tensor:
+    """The t-th number of each stream: keys (B,) int64 -> (B, 1) float64 in [0, 1). splitmix64 (Steele,
+    Lea and Flood 2014) on state key + (t + 1) * golden: a counter-based generator, so any step of any
+    row is computed directly, the same on every device. int64 products wrap modulo 2**64."""
+    z = keys + _int64((t + 1) * _GOLDEN)
+    z = (z ^ _shr(z, 30)) * _int64(_MIX1)
+    z = (z ^ _shr(z, 27)) * _int64(_MIX2)
+    z = z ^ _shr(z, 31)
+    return (_shr(z, 11).double() * 2.0 ** -53)[:, None]
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -204,9 +243,19 @@ def batch_layout(prompts: list[list[int]], max_new_tokens: int, max_seq_len: int
     return tokens, seq_ids, positions, L, P, S
 
 
+def _any_rank(flag: bool, device) -> bool:
+    """Whether flag holds on any rank (under torch.distributed; else on this process)."""
+    if rank_world()[1] == 1:
+        return flag
+    t = torch.tensor(int(flag), device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def prefill(model, tokens, seq_ids, positions, L: int, P: int, S: int) -> torch.Tensor:
     """Fill the caches with the prompts, the shared prefix once; -> logits (B, V) of each row's last slot."""
     B = tokens.shape[0]
+    two_parts = _any_rank(L > 0, tokens.device)
     if L:  # prefill the shared prefix in one row, then copy its keys/values into every row
         setup_cache(model, 1, S)
         model.hidden(tokens[:1, :L], 0, positions[:1, :L], seq_ids[:1])
@@ -217,6 +266,11 @@ def prefill(model, tokens, seq_ids, positions, L: int, P: int, S: int) -> torch.
             layer.attention.cache.v[:, :, :L] = v
     else:
         setup_cache(model, B, S)
+        if two_parts:  # FSDP runs forwards in lockstep and another rank prefills a prefix first: this one
+            if P < 2:  # prefills slot 0 first (the same values as in one go)
+                raise ValueError("generate under torchrun: 1-token prompts beside another rank's shared prefix")
+            model.hidden(tokens[:, :1], 0, positions[:, :1], seq_ids)
+            L = 1
     h, _ = model.hidden(tokens[:, L:], L, positions[:, L:P], seq_ids)
     return model.logits(h[:, -1])  # only the last position's logits: the vocabulary is the widest layer
 
@@ -240,25 +294,30 @@ def repeat_rows(model, n: int, *tensors):
 
 @torch.no_grad()
 def generate(model, prompts: list[list[int]], max_new_tokens: int, *, num_samples: int = 1,
-             temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, stop_ids=(),
-             generator: torch.Generator | None = None, compile: bool = False, pad_id: int = 0,
+             temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, stop_ids=(), seed=0,
+             indices: list[int] | None = None, compile: bool = False, pad_id: int = 0,
              cache_multiple: int = 64) -> list[list[int]]:
     """Sample continuations of a batch of token-id prompts. Returns only the new tokens of each row,
     up to and including its first stop id (a row without one ran out of max_new_tokens).
     num_samples > 1 prefills each prompt once and samples it that many times: rows come back
-    grouped per prompt, [p0 s0, p0 s1, ..., p1 s0, ...]."""
+    grouped per prompt, [p0 s0, p0 s1, ..., p1 s0, ...]. Sample s of prompt i draws from the stream
+    row_key(seed, indices[i], s); indices (default 0, 1, ...) are the prompts' places in the whole request."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("generate: every prompt needs at least one token")
+    indices = range(len(prompts)) if indices is None else indices
+    if len(indices) != len(prompts):
+        raise ValueError(f"generate: {len(indices)} indices for {len(prompts)} prompts")
     device = model.tok_embeddings.weight.device
     tokens, seq_ids, positions, L, P, S = (t if isinstance(t, int) else t.to(device) for t in batch_layout(
         prompts, max_new_tokens, model.args.max_seq_len, pad_id, cache_multiple))
     logits = prefill(model, tokens, seq_ids, positions, L, P, S)
     if num_samples > 1:
         logits, seq_ids, positions = repeat_rows(model, num_samples, logits, seq_ids, positions)
+    keys = torch.tensor([row_key(seed, i, s) for i in indices for s in range(num_samples)], device=device)
     swap = cpu_decode.decode_linears(model) if compile and device.type == "cpu" else contextlib.nullcontext()
     with swap:
-        out = decode(model, logits, seq_ids, positions, P, max_new_tokens, compile,
-                     dict(temperature=temperature, top_p=top_p, top_k=top_k, generator=generator), stop_ids, pad_id)
+        out = decode(model, logits, seq_ids, positions, keys, P, max_new_tokens, compile,
+                     dict(temperature=temperature, top_p=top_p, top_k=top_k), stop_ids, pad_id)
     model.clear_cache()
     stop_set = set(stop_ids)
     result = []
@@ -268,10 +327,11 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, *, num_sample
     return result
 
 
-def decode(model, logits, seq_ids, positions, P: int, max_new_tokens: int, compile: bool, sampler: dict,
+def decode(model, logits, seq_ids, positions, keys, P: int, max_new_tokens: int, compile: bool, sampler: dict,
            stop_ids, pad_id: int) -> list[list[int]]:
     """The decode loop, from the prefilled caches: one token per row per step into slot P + t, until every
-    row has met a stop id or max_new_tokens. -> the tokens of each row (pad_id after a row stopped)."""
+    row has met a stop id or max_new_tokens; step t of a row samples with the t-th number of its stream
+    (keys). -> the tokens of each row (pad_id after a row stopped)."""
     device, B = logits.device, logits.shape[0]
     step = get_decode_step(compile, device)
     stop = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)
@@ -280,7 +340,7 @@ def decode(model, logits, seq_ids, positions, P: int, max_new_tokens: int, compi
     done = torch.zeros(B, dtype=torch.bool, device=device)
     n = 0
     for t in range(max_new_tokens):
-        nxt = sample(logits, **sampler).to(device)
+        nxt = sample(logits, **sampler, u=uniforms(keys, t)).to(device)
         out[live, t] = nxt
         done |= torch.isin(nxt, stop)
         n = t + 1
@@ -290,7 +350,8 @@ def decode(model, logits, seq_ids, positions, P: int, max_new_tokens: int, compi
             # Half the rows have finished: drop them from the cache, so one long row does not keep the
             # whole batch decoding (the compiled step keeps its static shapes instead).
             keep = (~done).nonzero().squeeze(1)
-            live, nxt, done, seq_ids, positions = live[keep], nxt[keep], done[keep], seq_ids[keep], positions[keep]
+            live, nxt, done, keys = live[keep], nxt[keep], done[keep], keys[keep]
+            seq_ids, positions = seq_ids[keep], positions[keep]
             _set_rows(model, keep)
         slot = P + t
         args = (model, nxt[:, None], torch.tensor(slot, device=device), positions[:, slot:slot + 1], seq_ids)
@@ -318,7 +379,9 @@ def generate_many(model, prompts: list[list[int]], max_new_tokens: int, batch_si
     Returns results in the input order; with num_samples > 1, a list of num_samples lists per prompt.
 
     Under torch.distributed (FSDP), each rank takes every world-th prompt, all ranks run the same
-    number of batches (a rank with none left repeats a dummy one), and results are gathered."""
+    number of batches (a rank with none left repeats a dummy one), and results are gathered. Each row
+    samples from its own stream (generate's seed and the prompt's index here), so the results are the
+    same at any batch_size and any number of ranks."""
     rank, world = rank_world()
     order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), prompts[i]))[rank::world]
     per_batch = max(1, batch_size // num_samples)
@@ -332,7 +395,7 @@ def generate_many(model, prompts: list[list[int]], max_new_tokens: int, batch_si
     for b in range(n_batches):
         idx = order[b * per_batch:(b + 1) * per_batch]
         batch = [prompts[i] for i in idx] or [prompts[0]]  # dummy batch keeps the ranks in lockstep
-        outs = generate(model, batch, max_new_tokens, num_samples=num_samples, **kw)
+        outs = generate(model, batch, max_new_tokens, num_samples=num_samples, indices=idx or [0], **kw)
         for j, i in enumerate(idx):
             mine[i] = outs[j] if num_samples == 1 else outs[j * num_samples:(j + 1) * num_samples]
         n_tok += sum(len(o) for o in outs) if idx else 0
@@ -387,16 +450,14 @@ def main(argv=None):
     ids = tok.encode_chat_prompt(a.prompt) if a.chat else tok.encode(a.prompt, bos=tok.bos_id is not None)
     prompts = [ids] * a.batch
     kw = dict(temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, stop_ids=tok.stop_ids, compile=a.compile)
-    gen = torch.Generator(device=a.device).manual_seed(a.seed)
     if a.compile:  # the first call compiles; time it apart from the measured run. Same length: the
         t0 = time.time()  # cache length is part of the compiled step's shapes
-        generate(model, prompts, a.max_new_tokens, generator=gen, **kw)
+        generate(model, prompts, a.max_new_tokens, seed=a.seed, **kw)
         print(f"compile + warmup: {time.time() - t0:.1f}s")
     sync = torch.cuda.synchronize if a.device.startswith("cuda") else (lambda: None)
-    gen.manual_seed(a.seed)
     sync()
     t0 = time.time()
-    out = generate(model, prompts, a.max_new_tokens, generator=gen, **kw)
+    out = generate(model, prompts, a.max_new_tokens, seed=a.seed, **kw)
     sync()
     dt = time.time() - t0
     print(tok.decode([t for t in out[0] if t not in tok.stop_ids]))

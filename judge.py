@@ -134,7 +134,7 @@ def eft_example(instruction: str, response: str, judgment: str, rubric: Rubric =
 # ----------------------------------------------------------------------------- judging
 
 def judge(model, tokenizer, items: list[tuple[str, str]], *, samples: int = 3, temperature: float = 0.7,
-          top_p: float = 0.9, max_new_tokens: int = 128, batch_size: int = 64, generator=None,
+          top_p: float = 0.9, max_new_tokens: int = 128, batch_size: int = 64, seed=0,
           compile: bool = False, progress: str | None = None, rubric: Rubric = FIG2) -> list[dict]:
     """LLM-as-a-Judge on (instruction, response) items, `samples` sampled judgments each (Section 3.3:
     3 samples at T=0.7, top-p 0.9, averaged). Returns per item {"score": mean or None, "scores": [...],
@@ -144,7 +144,7 @@ def judge(model, tokenizer, items: list[tuple[str, str]], *, samples: int = 3, t
     prompts = [tokenizer.encode_chat_prompt(rubric.fill(i, r)) for i, r in items]
     outs = generate_many(model, prompts, max_new_tokens, batch_size=batch_size, num_samples=samples,
                          temperature=temperature, top_p=top_p, stop_ids=tokenizer.stop_ids,
-                         generator=generator, compile=compile, pad_id=tokenizer.pad_id, progress=progress)
+                         seed=seed, compile=compile, pad_id=tokenizer.pad_id, progress=progress)
     results = []
     for samples_out in outs:
         raw = [tokenizer.decode([t for t in o if t not in tokenizer.stop_ids]) for o in samples_out]

@@ -104,6 +104,8 @@ class Config:
     dpo_lr: float = 3e-5  # higher over-optimised the toy: responses collapsed (README, Measured figures)
     dpo_min_lr: float = 3e-6
     dpo_batch: int = 16
+    micro_batch: int = 8  # rows per forward in every training stage (pretrain rows, SFT examples, DPO pairs):
+    # a memory knob; the same at any number of ranks, so a torchrun run trains what one process trains
     beta: float = 0.1
     dropout: float = 0.1  # SFT and DPO, as the paper; a pretrained model that never saw dropout wants 0 (README)
     rpo_alpha: float = 1.0  # Iterative RPO's NLL term on the chosen response (Pang et al. 2024); 0 = the
@@ -145,13 +147,13 @@ def self_instruct_prompt(demonstrations: list[str]) -> str:
     return SELF_INSTRUCT_HEADER + "".join(f"Task: {d.replace(chr(10), ' ')}\n" for d in demonstrations) + "Task:"
 
 
-def create_prompts(model, tok, cfg: Config, ift_prompts: list[str], earlier: list[str], seed: int,
+def create_prompts(model, tok, cfg: Config, ift_prompts: list[str], earlier: list[str], stream: str,
                    exclude: set[str] = frozenset()):
     """8-shot self-instruction: 6 IFT demonstrations + 2 earlier generated prompts (IFT ones until there
     are some), T=0.6, top-p 0.9. Filters exact duplicates, near-copies (ROUGE-L >= threshold against the
     prompt's own demonstrations), length outliers (relative to the IFT prompts) and any prompt of the
     evaluation sets (`exclude`: decontamination). Returns (rows, stats)."""
-    rng = random.Random(seed)
+    rng = random.Random(f"{cfg.seed}/{stream}")
     pool = earlier or ift_prompts
     demos = [rng.sample(ift_prompts, 6) + rng.sample(pool, 2) for _ in range(cfg.n_prompts)]
     for d in demos:
@@ -160,7 +162,7 @@ def create_prompts(model, tok, cfg: Config, ift_prompts: list[str], earlier: lis
                    and "\n" in tok.decode([i])}  # a task ends at the first newline
     ids = [tok.encode(self_instruct_prompt(d)) for d in demos]
     outs = generate.generate_many(model, ids, cfg.max_prompt_tokens, stop_ids=newline_ids | set(tok.stop_ids),
-                                  pad_id=tok.pad_id, progress="self-instruct", **sampling(cfg, cfg.prompt_temperature, seed))
+                                  pad_id=tok.pad_id, progress="self-instruct", **sampling(cfg, cfg.prompt_temperature, stream))
     lengths = sorted(len(p.split()) for p in ift_prompts)
     lo = max(1, lengths[len(lengths) // 100] // 2)
     hi = math.ceil(lengths[-1 - len(lengths) // 100] * 1.5)
@@ -211,7 +213,7 @@ def build_pairs(candidates: list[dict], judgments: list[dict]) -> tuple[list[dic
     return pairs, stats
 
 
-def random_judgments(candidates: list[dict], seed: int) -> list[dict]:
+def random_judgments(candidates: list[dict], seed) -> list[dict]:
     """The --pairs-from random control: distinct random "scores" in place of the judge's, so build_pairs
     prefers one random candidate over another. Not the method: it measures what DPO gains without a judge."""
     rng = random.Random(seed)
@@ -286,7 +288,7 @@ def aift_iteration(model, tok, cfg: Config, t: int, data: dict, earlier_prompts:
     """AIFT(M_t): self-instruction -> candidates -> judgments -> pairs -> DPO => M_{t+1}."""
     d = os.path.join(cfg.run_dir, f"iter{t}")
     os.makedirs(d, exist_ok=True)
-    seed = cfg.seed * 1000 + t * 100
+    stream = f"iter{t}"  # names the random streams of the iteration's stages
     mt = f"M{t}"
     max_len = model.args.max_seq_len  # one truncation rule for the reference log-probs and DPO
     log(f"== AIFT({mt}) -> M{t + 1}")
@@ -294,7 +296,7 @@ def aift_iteration(model, tok, cfg: Config, t: int, data: dict, earlier_prompts:
     def make_prompts():
         exclude = {r["prompt"].lower() for r in data["eval"]} | {g["instruction"].lower() for g in data["rm"]}
         rows, stats = create_prompts(prompt_model if cfg.prompt_model == "base" else model, tok, cfg,
-                                     [r["prompt"] for r in data["ift"]], earlier_prompts, seed + 1, exclude)
+                                     [r["prompt"] for r in data["ift"]], earlier_prompts, f"{stream} prompts", exclude)
         if is_main():
             write_json(os.path.join(d, "prompt_stats.json"), stats)
         log(f"self-instruct: {stats}")
@@ -303,16 +305,16 @@ def aift_iteration(model, tok, cfg: Config, t: int, data: dict, earlier_prompts:
 
     def make_candidates():
         outs = respond(model, tok, cfg, [p["prompt"] for p in prompts], cfg.n_candidates, cfg.temperature,
-                       seed + 2, f"{mt} candidates")
+                       f"{stream} candidates", f"{mt} candidates")
         return [{"prompt": p["prompt"], "responses": o} for p, o in zip(prompts, outs)]
     candidates = RUN.stage(os.path.join(d, "candidates.jsonl"), make_candidates,
                            check=lambda rows: rundir.check_candidates(rows, prompts, cfg.n_candidates))
 
     def make_judgments():
         if cfg.pairs_from == "random":
-            return random_judgments(candidates, seed + 3)
+            return random_judgments(candidates, f"{cfg.seed}/{stream} judgments")
         items = [(c["prompt"], r) for c in candidates for r in c["responses"]]
-        judged = E.judge_items(model, tok, cfg, items, rubric, seed + 3, f"{mt} judges")
+        judged = E.judge_items(model, tok, cfg, items, rubric, f"{stream} judgments", f"{mt} judges")
         index = [(i, k) for i, c in enumerate(candidates) for k in range(len(c["responses"]))]
         return [{"prompt_index": i, "candidate": k, **j} for (i, k), j in zip(index, judged)]
     judgments = RUN.stage(os.path.join(d, "judgments.jsonl"), make_judgments,
@@ -338,10 +340,9 @@ def aift_iteration(model, tok, cfg: Config, t: int, data: dict, earlier_prompts:
                    lambda: sharding.save_final(model, out, tok))  # under FSDP: gathered to rank 0, which writes
         return model, [p["prompt"] for p in prompts], pair_stats, pairs
     steps = max(1, round(cfg.dpo_epochs * len(examples) / cfg.dpo_batch))
-    world = rank_world()[1]  # the global batch stays cfg.dpo_batch; each rank takes its share
-    train_cfg = dpo.TrainConfig(mode="dpo", steps=steps, batch_size=cfg.dpo_batch, micro_batch_size=cfg.dpo_batch // world,
+    train_cfg = dpo.TrainConfig(mode="dpo", steps=steps, batch_size=cfg.dpo_batch, micro_batch_size=min(cfg.micro_batch, cfg.dpo_batch),
                                 lr=cfg.dpo_lr, min_lr=cfg.dpo_min_lr, beta=cfg.beta, rpo_alpha=cfg.rpo_alpha, dropout=cfg.dropout,
-                                seed=seed + 4, log_every=max(steps // 5, 1), max_len=max_len)
+                                seed=cfg.seed * 1000 + t * 100 + 4, log_every=max(steps // 5, 1), max_len=max_len)
     new_model = train_stage(cfg, f"M{t + 1}", model, examples, train_cfg, tok)
     return new_model, [p["prompt"] for p in prompts], pair_stats, pairs
 
@@ -416,10 +417,9 @@ def run(cfg: Config) -> dict:
         log(f"seed IFT demonstrations: {', '.join(f'{k} {v:.3f}' for k, v in seed_metrics.items() if isinstance(v, float))}")
 
     # M0: the toy base model, pretrained here (or the --init checkpoint, loaded above).
-    world_size = rank_world()[1]  # under torchrun the global batches stay the same; each rank takes its share
     if m0 is None:
         pre_cfg = dpo.TrainConfig(mode="pretrain", steps=cfg.pretrain_steps, batch_size=cfg.pretrain_batch,
-                                  micro_batch_size=cfg.pretrain_batch // world_size, lr=cfg.pretrain_lr,
+                                  micro_batch_size=min(cfg.micro_batch, cfg.pretrain_batch), lr=cfg.pretrain_lr,
                                   min_lr=cfg.pretrain_lr / 10, warmup=cfg.pretrain_steps // 20,
                                   max_len=cfg.pretrain_seq_len, seed=cfg.seed,
                                   doc_mask=False,  # documents end in EOS; plain causal attention is faster
@@ -430,7 +430,7 @@ def run(cfg: Config) -> dict:
     eft = [J.eft_example(e["instruction"], e["response"], e["judgment"], rubric) for e in data["eft"]]
     sft_examples = [{"prompt": r["prompt"], "response": r["response"]} for r in data["ift"]] + eft
     sft_cfg = dpo.TrainConfig(mode="sft", steps=cfg.sft_steps, batch_size=cfg.sft_batch,
-                              micro_batch_size=max(1, cfg.sft_batch // 2 // world_size), lr=cfg.sft_lr,
+                              micro_batch_size=min(cfg.micro_batch, cfg.sft_batch), lr=cfg.sft_lr,
                               min_lr=cfg.sft_min_lr, warmup=cfg.sft_steps // 20, seed=cfg.seed + 1, dropout=cfg.dropout,
                               log_every=max(cfg.sft_steps // 10, 1), max_len=m0.args.max_seq_len)
     model = train_stage(cfg, "M1", init or os.path.join(cfg.run_dir, "M0"), sft_examples, sft_cfg, tok)
@@ -528,7 +528,7 @@ BOUNDS = {"iterations": (0, None), "threads": (0, None), "pretrain_steps": (1, N
           "pretrain_graded": (0, None), "n_ift": (1, None), "n_eft": (0, None), "sft_steps": (1, None),
           "sft_batch": (1, None), "n_prompts": (1, None), "max_prompt_tokens": (1, None), "n_candidates": (2, None),
           "judge_samples": (1, None), "max_response_tokens": (1, None), "max_judge_tokens": (1, None),
-          "dpo_batch": (1, None), "n_eval": (1, None), "n_rm": (0, None), "mtbench_tokens": (1, None),
+          "dpo_batch": (1, None), "micro_batch": (1, None), "n_eval": (1, None), "n_rm": (0, None), "mtbench_tokens": (1, None),
           "batch_size": (1, None), "pretrain_lr": (0, None), "sft_lr": (0, None), "sft_min_lr": (0, None),
           "dpo_lr": (0, None), "dpo_min_lr": (0, None), "dpo_epochs": (0, None), "beta": (0, None),
           "rpo_alpha": (0, None), "temperature": (0, None), "prompt_temperature": (0, None), "top_p": (0, 1),
@@ -547,10 +547,6 @@ def check_numbers(cfg: Config):
             raise ValueError(f"--{name.replace('_', '-')} 0: must be above 0")
     if cfg.dropout >= 1:
         raise ValueError(f"--dropout {cfg.dropout}: must be below 1")
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    for name in ("dpo_batch", "pretrain_batch", "sft_batch"):
-        if getattr(cfg, name) % world:
-            raise ValueError(f"--{name.replace('_', '-')} {getattr(cfg, name)} must divide by the {world} ranks")
 
 
 def validate(cfg: Config):

@@ -9,19 +9,17 @@ layout equals the plain one it replaces (tests/test_packing.py):
   tokens see the prompt but not chosen, with RoPE positions restarting after the prompt.
 - pack_documents: pretraining text cut into rows of equal length, documents kept apart by sequence ids.
 - a shared prefix: rows that open with the same tokens (EFT rows: the Fig. 2 judge prompt) run that
-  prefix once per micro-batch (Transformer.hidden's `past`).
+  prefix once per micro-batch (Transformer.hidden's `past`); micro_batches puts such rows together.
 
 scored_logits returns the logits of the scored positions of any of them, with the target token and the
 sequence each belongs to; dpo.py turns those into log-probs and losses.
 
-Imports: torch; from the project common.py (the JSONL reader, the shared-prefix rule); torch's FSDP2 for one
-check (under FSDP the plain forward runs).
+Imports: torch; from the project common.py (the JSONL reader, the shared-prefix rule).
 """
 import math
 from typing import NamedTuple
 
 import torch
-from torch.distributed.fsdp import FSDPModule
 
 from common import MIN_SHARED_PREFIX, common_prefix_len, iter_jsonl
 
@@ -239,61 +237,68 @@ def row_length(row: dict) -> int:
     return len(row.get("ids", ())) + len(row.get("prompt_ids", ())) + resp
 
 
-def micro_batches(rows: list[dict], mb: int, regroup: bool = False) -> list[list[dict]]:
-    """Cut a rank's share of the global batch into micro-batches of similar rows (the summed gradient
-    does not depend on the cut). Sorted by length, so little padding is wasted. With regroup (one
-    process only: FSDP ranks must run equal numbers of forwards), rows that open with the same
-    MIN_SHARED_PREFIX tokens (EFT rows: the Fig. 2 prompt) also go together, so their long shared
-    prefix runs once per micro-batch."""
-    if not regroup:
-        rows = sorted(rows, key=row_length)
-        return [rows[k:k + mb] for k in range(0, len(rows), mb)]
-    groups: dict = {}
-    for r in rows:
-        ids = r.get("prompt_ids", r.get("ids", ()))
-        groups.setdefault(tuple(ids[:MIN_SHARED_PREFIX]) if len(ids) > MIN_SHARED_PREFIX else None, []).append(r)
-    for head in [h for h, g in groups.items() if h is not None and len(g) == 1]:  # nothing to share
-        groups.setdefault(None, []).extend(groups.pop(head))
-    chunks = []
-    for g in groups.values():
-        g.sort(key=row_length)
-        chunks += [g[k:k + mb] for k in range(0, len(g), mb)]
-    return chunks
+def micro_batches(rows: list[dict], mb: int) -> list[list[int]]:
+    """Cut a global batch into micro-batches of mb similar rows (the summed gradient does not depend on the
+    cut), all of size mb but the last; -> each micro-batch's indices into rows. Sorted by length, so
+    little padding is wasted, after grouping the rows that open with the same MIN_SHARED_PREFIX tokens
+    (EFT rows: the Fig. 2 prompt), so that their long shared prefix runs once per micro-batch."""
+    heads = [tuple(ids[:MIN_SHARED_PREFIX]) if len(ids) > MIN_SHARED_PREFIX else ()
+             for ids in (r.get("prompt_ids", r.get("ids", ())) for r in rows)]
+    count: dict = {}
+    for h in heads:
+        count[h] = count.get(h, 0) + 1
+    order = sorted(range(len(rows)), key=lambda i: (heads[i] if count[heads[i]] > 1 else (), row_length(rows[i])))
+    return [order[k:k + mb] for k in range(0, len(order), mb)]
 
 
 # ----------------------------------------------------------------------------- running the model
 
-def shared_prefix_len(tokens: torch.Tensor, loss_mask: torch.Tensor, min_len: int = MIN_SHARED_PREFIX) -> int:
-    """Length of the prefix that every row of a batch shares and that holds no scored token, nor the
-    scored token right after it (its logit would sit inside the prefix); 0 if under min_len."""
-    if tokens.shape[0] < 2:
+def shared_prefix_len(rows: list[dict], min_len: int = MIN_SHARED_PREFIX) -> int:
+    """Length of the prefix that every SFT row of a micro-batch shares and that holds no scored token, nor
+    the logit of the first one (each prompt's last slot); 0 if under min_len, for one row, or in other modes."""
+    if len(rows) < 2 or "response_ids" not in rows[0]:
         return 0
-    scored = loss_mask.any(0).nonzero()
-    L = common_prefix_len(tokens.tolist(), int(scored[0]) - 1 if len(scored) else None)
+    prompts = [r["prompt_ids"] for r in rows]
+    L = common_prefix_len(prompts, min(map(len, prompts)) - 1)
     return L if L >= min_len else 0
 
 
-def prefix_logits(model, tokens, loss_mask, at, seq_ids=None):
-    """Logits (N, V) at positions `at` = (rows, cols) of tokens (b, T), with a shared prefix run once.
+def prefix_logits(model, tokens, at, L: int = 0, split: bool = False, seq_ids=None):
+    """Logits (N, V) at positions `at` = (rows, cols) of tokens (b, T), the forward run in two parts
+    where asked: L > 0, a prefix of L tokens that every row shares, run once; else with split, each row's
+    first token, then the rest (the same as the full forward: how a micro-batch keeps step with the
+    others, below); else the plain forward.
 
     Dropout: the prefix runs once for the whole micro-batch, so its dropout masks are one draw that every
     row shares, where a full forward draws one per row. Each row still sees dropout at rate p on every
     unit; only the rows' masks over the prefix are equal (tests/test_packing.py checks exactly this). At
-    dropout 0 the two are equal, values and gradients. Under FSDP, or with no prefix to share, the plain
-    forward runs: one forward per micro-batch keeps FSDP's hooks simple."""
-    L = 0 if seq_ids is not None or isinstance(model, FSDPModule) else shared_prefix_len(tokens, loss_mask)
-    if not L:
+    dropout 0 the two are equal, values and gradients.
+
+    Under FSDP every rank must run as many forwards per micro-batch, with the same autograd graph (the
+    backward all-gathers in the graph's order), so when any micro-batch of a step has a prefix to share,
+    every other one of the step splits after its first token (split): two forwards, the second reading
+    the first's keys and values, as the prefix's. One process does the same, so each micro-batch computes
+    the same thing (and draws the same dropout masks) whatever the number of ranks."""
+    if not L and not split:
         h, _ = model.hidden(tokens, seq_ids=seq_ids)
         return model.logits(h[at])
-    _, kv = model.hidden(tokens[:1, :L])
+    if L:
+        _, kv = model.hidden(tokens[:1, :L])  # one row: its keys and values serve every row
+    else:
+        L = 1
+        if int(at[1].min()) < L:
+            raise ValueError("prefix_logits: a split micro-batch scores a token predicted from the first "
+                             "slot (a 1-token prompt); give every prompt at least 2 tokens")
+        _, kv = model.hidden(tokens[:, :L])
     h, _ = model.hidden(tokens[:, L:], L, past=kv)
     return model.logits(h[at[0], at[1] - L])
 
 
-def scored_logits(model, rows: list[dict], mode: str, device, doc_mask: bool = True, pad_to: int = 1):
+def scored_logits(model, rows: list[dict], mode: str, device, doc_mask: bool = True, pad_to: int = 1,
+                  split: bool = False):
     """Run a micro-batch in its layout: dpo pairs packed (collate_pairs), sft rows with a shared prefix
-    run once, pretrain rows with document masks (doc_mask=False: plain causal attention across the packed
-    documents). Returns (logits (N, V) of the positions that predict a scored token, targets (N,),
+    run once (prefix_logits; split: in two parts even without one), pretrain rows with document masks
+    (doc_mask=False: plain causal attention across the packed documents). Returns (logits (N, V) of the positions that predict a scored token, targets (N,),
     seq (N,) the sequence of each: dpo 0..2b-1 as chosen then rejected, else the row, n_seq, n_real)."""
     max_T = model.args.max_seq_len
     if mode == "dpo":
@@ -306,5 +311,6 @@ def scored_logits(model, rows: list[dict], mode: str, device, doc_mask: bool = T
     tokens, mask = batch.tokens.to(device), batch.loss_mask.to(device)
     seq_ids = None if batch.seq_ids is None or not doc_mask else batch.seq_ids.to(device)
     seq, cols = mask[:, 1:].nonzero(as_tuple=True)  # position cols predicts token cols + 1 of row seq
-    logits = prefix_logits(model, tokens, mask, (seq, cols), seq_ids)
+    logits = prefix_logits(model, tokens, (seq, cols), shared_prefix_len(rows) if seq_ids is None else 0,
+                           split and mode == "sft", seq_ids)
     return logits, tokens[seq, cols + 1], seq, len(rows), batch.n_real

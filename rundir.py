@@ -7,7 +7,8 @@ run_dir/stages.json: the settings of the stage's own group and of every group be
 inputs were made with those). A finished stage whose fingerprint differs from this run's is refused,
 naming the stage, the setting, and both values; `--redo-from STAGE` makes that stage and every later one
 again, after moving the old artifacts to run_dir/replaced/<time>/ (nothing is deleted). Settings outside
-every group (HARMLESS) cannot change an artifact: threads, more --iterations, MT-Bench answers on or off.
+every group (HARMLESS) cannot change an artifact: threads, the generation batch size (every sampled row
+has its own random stream), more --iterations, MT-Bench answers on or off.
 
 Each stage's wall time is kept with it in run_dir/timings.json, so the report sums the stages of every
 process that worked on the run. Temporary files left by a killed atomic write are removed on start.
@@ -29,11 +30,10 @@ from common import barrier, is_main, log, read_json_object, read_jsonl, write_js
 # every field is in exactly one group or in HARMLESS).
 GROUPS = {
     "data": ("seed", "world", "data", "sharegpt", "n_ift", "n_eft", "n_eval", "n_rm"),
-    "M0": ("init", "preset", "device", "pretrain_steps", "pretrain_lr", "pretrain_batch", "pretrain_seq_len",
+    "M0": ("init", "preset", "device", "micro_batch", "pretrain_steps", "pretrain_lr", "pretrain_batch", "pretrain_seq_len",
            "pretrain_chars", "pretrain_task_lists", "pretrain_graded"),
     "sft": ("judge_prompt", "sft_steps", "sft_lr", "sft_min_lr", "sft_batch", "dropout"),
-    "sampling": ("temperature", "top_p", "batch_size", "compile", "judge_samples", "max_response_tokens",
-                 "max_judge_tokens"),
+    "sampling": ("temperature", "top_p", "compile", "judge_samples", "max_response_tokens", "max_judge_tokens"),
     "eval": ("eval_greedy", "h2h_judge"),
     "prompts": ("n_prompts", "prompt_model", "prompt_temperature", "max_prompt_tokens", "rouge_threshold"),
     "candidates": ("n_candidates",),
@@ -41,7 +41,7 @@ GROUPS = {
     "dpo": ("dpo_epochs", "dpo_lr", "dpo_min_lr", "dpo_batch", "beta", "rpo_alpha"),
     "mtbench": ("mtbench_tokens",),
 }
-HARMLESS = ("run_dir", "threads", "iterations", "eval_m0", "mtbench", "redo_from")
+HARMLESS = ("run_dir", "threads", "batch_size", "iterations", "eval_m0", "mtbench", "redo_from")
 _MODEL_GROUPS = {0: ("data", "M0"), 1: ("data", "M0", "sft")}
 _AIFT = ("data", "M0", "sft", "sampling", "prompts", "candidates", "judgments")
 

@@ -82,7 +82,7 @@ def main():
             kw = dict(temperature=0.7, top_p=0.9, stop_ids=(), compile=mode == "compile")  # exactly `new` tokens
 
             def run(n):
-                return lambda: generate(model, prompts, n, generator=torch.Generator(device=device).manual_seed(0), **kw)
+                return lambda: generate(model, prompts, n, seed=0, **kw)
             t_compile = timed(run(a.new), device)  # first call: compiles the decode step for this shape
             prefill = min(timed(run(1), device) for _ in range(a.repeats))
             total = min(timed(run(a.new), device) for _ in range(a.repeats))

@@ -1,4 +1,8 @@
-"""FSDP2 on CPU (gloo, 2 ranks, torch.multiprocessing spawn) against 1 process on the same global batch.
+"""FSDP2 on CPU (gloo, 2 ranks, torch.multiprocessing spawn) against 1 process on the same global batch:
+SFT and DPO, with dropout (each micro-batch draws its own masks, whichever rank runs it), with shared
+prefixes on one rank's micro-batch and none on the other's, with a micro-batch count the ranks do not
+divide, a resume across rank counts, and sampling (each row's own stream; the ranks' batches prefilled
+differently).
 
 Tolerance: the two runs add the same fp32 numbers in different orders (per-rank sums of 2 micro-batches,
 then a reduce-scatter, against one sum of 4 micro-batches), so gradients differ by a few ulps (~1e-7
@@ -16,6 +20,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import dpo
+import generate
+import packing
 import sharding
 from checkpoint import load_model, save_checkpoint
 from helpers import ByteTok, dpo_data, sft_data, tiny_model
@@ -24,13 +30,33 @@ TOL = 1e-4
 
 
 def sft_cfg(**kw):
-    return dpo.TrainConfig(mode="sft", steps=3, batch_size=4, micro_batch_size=1, lr=1e-2, dropout=0.0,
-                           eval_every=3, log_every=100, **kw)
+    return dpo.TrainConfig(**{**dict(mode="sft", steps=3, batch_size=4, micro_batch_size=1, lr=1e-2, dropout=0.0,
+                              eval_every=3, log_every=100), **kw})
 
 
 def dpo_cfg(**kw):
-    return dpo.TrainConfig(mode="dpo", steps=3, batch_size=4, micro_batch_size=1, lr=1e-2, dropout=0.0,
-                           log_every=100, **kw)
+    return dpo.TrainConfig(**{**dict(mode="dpo", steps=3, batch_size=4, micro_batch_size=1, lr=1e-2, dropout=0.0,
+                              log_every=100), **kw})
+
+
+def judge_like_data(n=8):
+    """SFT rows that open with one long shared prompt, as EFT rows open with Fig. 2: micro-batches run
+    that prefix once (packing.prefix_logits), also under FSDP."""
+    head = "Review the user's question and the response below, then score it. " * 2
+    return [{"prompt": head + f"Q{i}: " + "z" * (i % 4), "response": f"Score: {i % 5}"} for i in range(n)]
+
+
+def mixed_data():
+    """Half judge-like rows, half plain ones: in a step, one rank's micro-batch may share a prefix while
+    the other's does not (they then split after the first token: the same two forwards on every rank)."""
+    return [r for pair in zip(judge_like_data(4), sft_data(4)) for r in pair]
+
+
+def lockstep_prompts():
+    """Sorted by length and dealt to 2 ranks, rank 0 gets the two that share 40 tokens (it prefills them
+    once, then the rest) and rank 1 two that share nothing (it prefills in two parts to keep in step)."""
+    head = list(range(10, 50))
+    return [head + [1], list(range(100, 141)), head + [2, 3, 4], list(range(200, 243))]
 
 
 def _worker(rank, world, tmp):
@@ -44,6 +70,19 @@ def _worker(rank, world, tmp):
         model, _ = sharding.load_for_training(f"{tmp}/m0", "cpu")  # killed after step 2; saved at step 2
         h = dpo.train(model, dpo_data(), dpo_cfg(out=f"{tmp}/fsdp_dpo", save_every=2, stop_after=2), tokenizer=tok)
         results["dpo"] = [x["loss"] for x in h] + [h[-1]["reward_accuracy"]]
+        model, _ = sharding.load_for_training(f"{tmp}/m0", "cpu")
+        h = dpo.train(model, mixed_data(), sft_cfg(dropout=0.2, micro_batch_size=2, out=f"{tmp}/fsdp_prefix"),
+                      tokenizer=tok)
+        results["dropout_shared_prefix"] = [x["loss"] for x in h]
+        model, _ = sharding.load_for_training(f"{tmp}/m0", "cpu")
+        h = dpo.train(model, dpo_data(), dpo_cfg(dropout=0.2, micro_batch_size=2), tokenizer=tok)
+        results["dropout_dpo"] = [x["loss"] for x in h]
+        model, _ = sharding.load_for_training(f"{tmp}/m0", "cpu")
+        h = dpo.train(model, sft_data(), sft_cfg(batch_size=3, dropout=0.2), tokenizer=tok)  # 3 micro-batches
+        results["uneven"] = [x["loss"] for x in h]
+        model, _ = sharding.load_for_training(f"{tmp}/m0", "cpu")
+        results["generated"] = generate.generate_many(model.eval(), lockstep_prompts(), 6, batch_size=2,
+                                                       temperature=1.0, seed="fsdp")
         meta, _ = sharding.load_for_training("toy-test", "cpu")  # meta-device init of a preset, sharded
         results["meta_ok"] = bool(torch.isfinite(meta(torch.zeros(1, 4, dtype=torch.long))).all())
         if rank == 0:
@@ -76,3 +115,28 @@ def test_fsdp_two_ranks_match_one_process(tmp_path):
     h2 = dpo.train(resumed, dpo_data(), dpo_cfg(out=f"{tmp}/fsdp_dpo", save_every=2, resume=True), tokenizer=tok)
     assert [x["loss"] for x in h2] == pytest.approx([x["loss"] for x in h], rel=TOL)
     assert got["meta_ok"]
+    # generation: the same tokens as 1 process (each row's own random stream), with the ranks' batches
+    # prefilled differently
+    one, _ = load_model(f"{tmp}/m0")
+    assert got["generated"] == generate.generate_many(one.eval(), lockstep_prompts(), 6, batch_size=2,
+                                                      temperature=1.0, seed="fsdp")
+    # Dropout on: the same micro-batches with the same masks (seeded per micro-batch), so 2 ranks still
+    # match 1 process to the fp32 summation order, with and without a shared prefix run once.
+    one, _ = load_model(f"{tmp}/m0")
+    h = dpo.train(one, mixed_data(), sft_cfg(dropout=0.2, micro_batch_size=2), tokenizer=tok)
+    rows = packing.prepare(mixed_data(), "sft", tok, 512)  # the case the test is about, in every step:
+    for step in range(3):
+        batch = [rows[i] for i in dpo.batch_indices(len(rows), 4, step, 0)]
+        cut = packing.micro_batches(batch, 2)
+        assert [bool(packing.shared_prefix_len([batch[i] for i in c])) for c in cut] == [False, True]
+    assert got["dropout_shared_prefix"] == pytest.approx([x["loss"] for x in h], rel=TOL)
+    sharded, _ = load_model(f"{tmp}/fsdp_prefix")  # the prefix pass's gradients reached every shard
+    for k, v in one.state_dict().items():
+        torch.testing.assert_close(sharded.state_dict()[k], v, atol=1e-4, rtol=TOL)
+    one, _ = load_model(f"{tmp}/m0")
+    h = dpo.train(one, dpo_data(), dpo_cfg(dropout=0.2, micro_batch_size=2), tokenizer=tok)
+    assert got["dropout_dpo"] == pytest.approx([x["loss"] for x in h], rel=TOL)
+    # 3 micro-batches on 2 ranks: rank 1 repeats one with weight 0, so the ranks stay in lockstep
+    one, _ = load_model(f"{tmp}/m0")
+    h = dpo.train(one, sft_data(), sft_cfg(batch_size=3, dropout=0.2), tokenizer=tok)
+    assert got["uneven"] == pytest.approx([x["loss"] for x in h], rel=TOL)

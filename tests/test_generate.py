@@ -97,13 +97,49 @@ def test_each_row_stops_on_its_own(tiny):
 def test_seeded_sampling_is_reproducible_and_generate_many_keeps_order(tiny):
     rng = random.Random(3)
     prompts = [[rng.randrange(1, 512) for _ in range(rng.randrange(1, 8))] for _ in range(7)]
-    a = G.generate_many(tiny, prompts, 6, batch_size=3, temperature=0.7, top_p=0.9,
-                        generator=torch.Generator().manual_seed(5))
-    b = G.generate_many(tiny, prompts, 6, batch_size=3, temperature=0.7, top_p=0.9,
-                        generator=torch.Generator().manual_seed(5))
+    a = G.generate_many(tiny, prompts, 6, batch_size=3, temperature=0.7, top_p=0.9, seed=5)
+    b = G.generate_many(tiny, prompts, 6, batch_size=3, temperature=0.7, top_p=0.9, seed=5)
     assert a == b
+    assert G.generate_many(tiny, prompts, 6, batch_size=3, temperature=0.7, top_p=0.9, seed=6) != a
     greedy = G.generate_many(tiny, prompts, 6, batch_size=3, temperature=0)
     assert greedy == [naive_greedy(tiny, p, 6) for p in prompts]
+
+
+def test_uniforms_are_splitmix64_and_row_keys_name_distinct_streams():
+    """The counter-based streams against splitmix64 written with Python's unbounded ints: its published
+    first output for state 1234567 is 6457827717110365317 (Vigna's splitmix64.c), and the t-th number of
+    a stream is the output for state key + t * golden."""
+    mask = (1 << 64) - 1
+
+    def splitmix(state):
+        z = (state + 0x9E3779B97F4A7C15) & mask
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        return z ^ (z >> 31)
+
+    assert splitmix(1234567) == 6457827717110365317
+    keys = [1234567, -5, 2 ** 62, -(2 ** 63), G.row_key("0/iter1 candidates", 17, 3)]
+    for t in (0, 1, 7, 1000):
+        want = [(splitmix((k + t * 0x9E3779B97F4A7C15) & mask) >> 11) * 2.0 ** -53 for k in keys]
+        assert G.uniforms(torch.tensor(keys), t).squeeze(1).tolist() == want
+    streams = {G.row_key(seed, i, s) for seed in (0, 1, "0/a", "0/b") for i in range(50) for s in range(4)}
+    assert len(streams) == 4 * 50 * 4
+    u = G.uniforms(torch.tensor(sorted(streams)), 0)
+    assert 0 <= u.min() and u.max() < 1 and abs(u.mean().item() - 0.5) < 0.05  # 800 draws: se 0.01
+
+
+def test_a_rows_samples_do_not_depend_on_its_batch_or_the_batch_size(tiny):
+    """Each row draws from its own stream (seed, prompt index, sample index): the same prompts give the
+    same samples at every batch_size, in any order of the request's batches, and a prompt asked alone
+    (with its index) gets what it got in the crowd."""
+    rng = random.Random(4)
+    prompts = [[rng.randrange(1, 512) for _ in range(rng.randrange(1, 9))] for _ in range(9)]
+    kw = dict(temperature=1.0, top_p=0.95, seed="s")
+    runs = [G.generate_many(tiny, prompts, 8, batch_size=bs, num_samples=3, **kw) for bs in (27, 6, 3)]
+    assert runs[0] == runs[1] == runs[2]
+    assert len({tuple(s) for out in runs[0] for s in out}) > 20  # 27 samples, nearly all different
+    alone = G.generate(tiny, [prompts[4]], 8, num_samples=3, indices=[4], **kw)
+    assert alone == runs[0][4]
 
 
 def test_pooled_caches_survive_dropped_rows_and_are_reused(tiny, monkeypatch):

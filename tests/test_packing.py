@@ -101,7 +101,7 @@ def test_sft_scored_positions_equal_full_logits_with_shared_prefix():
     head = "x" * 40
     rows = packing.tokenize([{"prompt": head + str(i), "response": "r" * (i + 1)} for i in range(4)], tok, "sft", 128)
     b = packing.collate(rows, "sft")
-    assert packing.shared_prefix_len(b.tokens, b.loss_mask) > 32  # the shared-prefix path is taken
+    assert packing.shared_prefix_len(rows) > 32  # the shared-prefix path is taken
     want = dpo.sequence_logps(m(b.tokens), b.tokens, b.loss_mask)
     want.sum().backward()
     want_g = _grads(m)
@@ -119,23 +119,24 @@ def test_shared_prefix_training_step_equals_plain_forward(monkeypatch):
     head = "Review the response below with the additive 5-point scoring system. " * 2
     examples = [{"prompt": head + f"User: task {i}" + "z" * i, "response": f"ok {i}. Score: {i % 6}"} for i in range(6)]
     rows = packing.tokenize(examples, ByteTok(), "sft", 512)
-    batch = packing.collate(rows, "sft")
-    L = packing.shared_prefix_len(batch.tokens, batch.loss_mask)
+    L = packing.shared_prefix_len(rows)
     assert L >= len(head)  # the head plus the chat prefix, and no scored token inside it
 
-    def loss_and_grads(prefix_len):
+    def loss_and_grads(prefix_len, split=False):
         monkeypatch.setattr(packing, "shared_prefix_len", lambda *a, **k: prefix_len)
         m = tiny_model(seed=3, vocab_size=260)
         m.zero_grad()
-        loss, _, _ = dpo.micro_batch_loss(m, rows, dpo.TrainConfig(mode="sft", steps=1), torch.device("cpu"), 50.0, None)
+        loss, _, _ = dpo.micro_batch_loss(m, rows, dpo.TrainConfig(mode="sft", steps=1), torch.device("cpu"), 50.0,
+                                          None, split)
         loss.backward()
         return loss.item(), [p.grad.clone() for p in m.parameters()]
 
     l_plain, g_plain = loss_and_grads(0)
-    l_prefix, g_prefix = loss_and_grads(L)
-    assert l_prefix == pytest.approx(l_plain, rel=1e-5)
-    for a, b in zip(g_plain, g_prefix):
-        assert torch.allclose(a, b, atol=1e-6)
+    # the prefix run once, and the split after each row's first token (what keeps FSDP ranks in step)
+    for l_other, g_other in (loss_and_grads(L), loss_and_grads(0, split=True)):
+        assert l_other == pytest.approx(l_plain, rel=1e-5)
+        for a, b in zip(g_plain, g_other):
+            assert torch.allclose(a, b, atol=1e-6)
 
 
 
@@ -143,13 +144,14 @@ def test_micro_batches_keep_every_row_once_and_group_shared_prompts():
     head = list(range(100, 140))  # 40 shared prompt tokens (> MIN_SHARED_PREFIX)
     rows = ([{"prompt_ids": head + [i], "response_ids": [1] * (i % 5 + 1)} for i in range(7)] +
             [{"prompt_ids": [i, i + 1], "response_ids": [2] * (i % 3 + 1)} for i in range(9)])
-    for regroup in (False, True):
-        chunks = packing.micro_batches(rows, 4, regroup=regroup)
-        flat = [id(r) for c in chunks for r in c]
-        assert sorted(flat) == sorted(id(r) for r in rows) and all(len(c) <= 4 for c in chunks)
-    chunks = packing.micro_batches(rows, 4, regroup=True)
-    shared = [c for c in chunks if c[0]["prompt_ids"][:40] == head]
-    assert all(all(r["prompt_ids"][:40] == head for r in c) for c in shared) and sum(map(len, shared)) == 7
+    chunks = [[rows[i] for i in c] for c in packing.micro_batches(rows, 4)]
+    flat = [r for c in chunks for r in c]
+    assert sorted(map(id, flat)) == sorted(map(id, rows)) and [len(c) for c in chunks] == [4, 4, 4, 4]
+    shares = [r["prompt_ids"][:40] == head for r in flat]
+    assert shares == [False] * 9 + [True] * 7  # the sharing rows together, so the last micro-batch shares
+    lengths = [packing.row_length(r) for r in flat]  # within a group, by length
+    assert lengths[:9] == sorted(lengths[:9]) and lengths[9:] == sorted(lengths[9:])
+    assert packing.micro_batches(rows[:5], 2)[-1] == [4]  # the longest, alone: the rest comes last
 
 
 def test_shared_prefix_dropout_is_one_draw_for_all_rows():
@@ -162,7 +164,7 @@ def test_shared_prefix_dropout_is_one_draw_for_all_rows():
     head = "Review the response below with the additive 5-point scoring system. "
     rows = packing.tokenize([{"prompt": head + f"task {i}", "response": "ok" * (i + 1)} for i in range(3)], tok, "sft", 256)
     b = packing.collate(rows, "sft")
-    L = packing.shared_prefix_len(b.tokens, b.loss_mask)
+    L = packing.shared_prefix_len(rows)
     assert L >= len(head)
     at = b.loss_mask[:, 1:].nonzero(as_tuple=True)
     drops = [layer.dropout for layer in m.layers]  # each used twice per block: attention, then feed-forward
@@ -175,7 +177,7 @@ def test_shared_prefix_dropout_is_one_draw_for_all_rows():
     for d in drops:
         d.forward = recording
     with torch.no_grad():
-        got = packing.prefix_logits(m, b.tokens, b.loss_mask, at)
+        got = packing.prefix_logits(m, b.tokens, at, L)
     n = len(masks) // 2  # the prefix pass's masks (1, L, dim), then the rest pass's (B, T - L, dim)
     prefix, rest = masks[:n], masks[n:]
     assert prefix[0].shape[:2] == (1, L) and rest[0].shape[:2] == (3, b.tokens.shape[1] - L)
