@@ -198,7 +198,7 @@ def _autocast(device: torch.device, model):
     return contextlib.nullcontext()
 
 
-def batch_logps(model, rows: list[dict], mode: str, device, doc_mask: bool = True, split: bool = False):
+def batch_logps(model, rows: list[dict], mode: str, device, doc_mask: bool = True):
     """Summed log-probs of the scored tokens of each sequence of a micro-batch, and their counts:
     dpo -> (2b,) the b chosen then the b rejected; sft/pretrain -> (b,) per row. packing.scored_logits
     lays the batch out and runs the model; this is sequence_logps on its output.
@@ -206,7 +206,7 @@ def batch_logps(model, rows: list[dict], mode: str, device, doc_mask: bool = Tru
     # FlexAttention (CUDA) is compiled for static shapes: 128-token steps (its block size) bound recompiles.
     pad_to = 128 if device.type == "cuda" else 1
     with _autocast(device, model):
-        logits, targets, seq, n_seq, n_real = packing.scored_logits(model, rows, mode, device, doc_mask, pad_to, split)
+        logits, targets, seq, n_seq, n_real = packing.scored_logits(model, rows, mode, device, doc_mask, pad_to)
     tok = token_logps(logits, targets)  # (N,)
     logps = torch.zeros(n_seq, dtype=tok.dtype, device=device).index_add(0, seq, tok)
     return logps, torch.bincount(seq, minlength=n_seq), n_real
@@ -226,14 +226,11 @@ def score_examples(model, rows: list[dict], mode: str, micro_batch_size: int = 8
     was_training = model.training
     model.eval()
     chunks = packing.micro_batches(rows, micro_batch_size)
-    split = split_all(rows, chunks, mode)
-    mine = list(range(rank, len(chunks), world))
-    mine += [None] * (-(-len(chunks) // world) - len(mine))  # every rank runs as many forwards (FSDP)
     result = torch.zeros(n, 4 if mode == "dpo" else 2, dtype=torch.float64, device=device)
-    for k in mine:
-        idx = chunks[k if k is not None else 0]
-        logps, counts, _ = batch_logps(model, [rows[i] for i in idx], mode, device, doc_mask, split)
-        if k is None:  # a repeat, only to keep step
+    for k, counts_ in deal([[rows[i] for i in c] for c in chunks], rank, world):
+        idx = chunks[k]
+        logps, counts, _ = batch_logps(model, [rows[i] for i in idx], mode, device, doc_mask)
+        if not counts_:  # a repeat, only to keep step
             continue
         counts = counts.to(logps.dtype)  # (rows,)
         b = len(idx)
@@ -247,10 +244,19 @@ def score_examples(model, rows: list[dict], mode: str, micro_batch_size: int = 8
     return result.cpu()
 
 
-def split_all(rows: list[dict], chunks: list[list[int]], mode: str) -> bool:
-    """Whether the micro-batches of a step run in two parts (packing.prefix_logits): when one of them
-    has a shared prefix, so that every micro-batch, on any rank, runs the same two forwards."""
-    return mode == "sft" and any(packing.shared_prefix_len([rows[i] for i in c]) for c in chunks)
+def deal(chunks: list[list[dict]], rank: int, world: int) -> list[tuple[int, bool]]:
+    """The micro-batches this rank runs, as (index, counts). Under FSDP every rank must make the same
+    forwards with the same autograd graph (the backward all-gathers in the graph's order), and a
+    micro-batch with a shared prefix makes two (packing.prefix_logits): so the micro-batches are dealt
+    in rounds of `world` of one kind, those with a shared prefix first, and a rank short in a round
+    repeats one of that kind, counts False (weight 0). One process runs each once, the same order."""
+    kinds = [bool(packing.shared_prefix_len(c)) for c in chunks]
+    out = []
+    for kind in (True, False):
+        ks = [k for k, x in enumerate(kinds) if x == kind]
+        mine = [(k, True) for k in ks[rank::world]]
+        out += mine + [(ks[0], False)] * (-(-len(ks) // world) - len(mine)) if ks else []
+    return out
 
 
 def compute_reference_logps(model, pairs: list[dict], tokenizer=None, max_len: int | None = None,
@@ -309,10 +315,10 @@ def seed_dropout(seed: int, device: torch.device):
         torch.cuda.manual_seed(seed)  # the current device, the one this rank trains on
 
 
-def micro_batch_loss(model, rows, cfg, device, norm, ref_model, split: bool = False):
+def micro_batch_loss(model, rows, cfg, device, norm, ref_model):
     """Loss of one micro-batch, scaled so that the sum over micro-batches and the mean over ranks
     (FSDP averages gradients) is the global batch's mean. Returns (loss, metric sums, real tokens)."""
-    logps, counts, n_real = batch_logps(model, rows, cfg.mode, device, cfg.doc_mask, split)  # dpo: (2b,) chosen, then rejected
+    logps, counts, n_real = batch_logps(model, rows, cfg.mode, device, cfg.doc_mask)  # dpo: (2b,) chosen, then rejected
     if cfg.mode != "dpo":
         return -logps.sum() / norm, {}, n_real  # SFT/pretrain: mean over the global batch's tokens
     b = len(rows)
@@ -360,25 +366,22 @@ def train_step(model, opt, rows, cfg: TrainConfig, step: int, device, ref_model)
     # The global batch is cut into micro-batches (similar rows together, so little padding is wasted)
     # before the ranks take theirs, every world-th one; each micro-batch's dropout masks are drawn from
     # its own seed, f(seed, step, micro-batch). So the micro-batches, their masks and the summed
-    # gradient are the same under any number of ranks. FSDP's collectives need as many forwards on every
-    # rank: one short of a micro-batch runs its first again (or the batch's first) with weight 0.
+    # gradient are the same under any number of ranks (deal: which rank runs which).
     batch = [rows[i] for i in idx]
-    cut = packing.micro_batches(batch, mb)
-    chunks, split = [[batch[i] for i in c] for c in cut], split_all(batch, cut, cfg.mode)
-    mine = list(range(rank, len(chunks), world))
-    mine += [None] * (-(-len(chunks) // world) - len(mine))
+    chunks = [[batch[i] for i in c] for c in packing.micro_batches(batch, mb)]
+    mine = deal(chunks, rank, world)
     # SFT/pretrain normalise by the global batch's target tokens, DPO by its pairs (per rank).
     norm = (sum(rows[i]["n_targets"] for i in idx) if cfg.mode != "dpo" else B) / world
     lr = lr_at(step, cfg.steps, cfg.lr, cfg.min_lr, cfg.warmup, cfg.schedule)
     for g in opt.param_groups:
         g["lr"] = lr
     sums = torch.zeros(6, dtype=torch.float64)  # loss, acc, chosen, rejected, margin, tokens
-    for j, k in enumerate(mine):
+    for j, (k, counts) in enumerate(mine):
         if isinstance(model, FSDPModule):  # reduce-scatter gradients only after the last one
             model.set_requires_gradient_sync(j == len(mine) - 1)
-        seed_dropout(cfg.seed * 1_000_003 + step * 1_009 + (k or 0), device)
-        loss, m, n_real = micro_batch_loss(model, chunks[k or 0], cfg, device, norm, ref_model, split)
-        if k is None:  # the repeat: in lockstep, adding nothing
+        seed_dropout(cfg.seed * 1_000_003 + step * 1_009 + k, device)
+        loss, m, n_real = micro_batch_loss(model, chunks[k], cfg, device, norm, ref_model)
+        if not counts:  # a repeat: in lockstep, adding nothing
             loss, m, n_real = loss * 0, {}, 0
         loss.backward()
         sums += torch.tensor([loss.item(), m.get("reward_accuracy", 0), m.get("chosen_reward", 0),

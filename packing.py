@@ -238,17 +238,21 @@ def row_length(row: dict) -> int:
 
 
 def micro_batches(rows: list[dict], mb: int) -> list[list[int]]:
-    """Cut a global batch into micro-batches of mb similar rows (the summed gradient does not depend on the
-    cut), all of size mb but the last; -> each micro-batch's indices into rows. Sorted by length, so
-    little padding is wasted, after grouping the rows that open with the same MIN_SHARED_PREFIX tokens
-    (EFT rows: the Fig. 2 prompt), so that their long shared prefix runs once per micro-batch."""
-    heads = [tuple(ids[:MIN_SHARED_PREFIX]) if len(ids) > MIN_SHARED_PREFIX else ()
-             for ids in (r.get("prompt_ids", r.get("ids", ())) for r in rows)]
-    count: dict = {}
-    for h in heads:
-        count[h] = count.get(h, 0) + 1
-    order = sorted(range(len(rows)), key=lambda i: (heads[i] if count[heads[i]] > 1 else (), row_length(rows[i])))
-    return [order[k:k + mb] for k in range(0, len(order), mb)]
+    """Cut a global batch into micro-batches of at most mb similar rows (the summed gradient does not
+    depend on the cut); -> each micro-batch's indices into rows. Rows that open with the same
+    MIN_SHARED_PREFIX tokens (EFT rows: the Fig. 2 prompt) go together, so that their long shared prefix
+    runs once per micro-batch; within each group rows are sorted by length, so little padding is wasted."""
+    groups: dict = {}
+    for i, r in enumerate(rows):
+        ids = r.get("prompt_ids", r.get("ids", ()))
+        groups.setdefault(tuple(ids[:MIN_SHARED_PREFIX]) if len(ids) > MIN_SHARED_PREFIX else (), []).append(i)
+    for head in [h for h, g in groups.items() if h and len(g) == 1]:  # nothing to share
+        groups.setdefault((), []).extend(groups.pop(head))
+    chunks = []
+    for head in sorted(groups):  # the rows that share nothing first
+        g = sorted(groups[head], key=lambda i: (row_length(rows[i]), i))
+        chunks += [g[k:k + mb] for k in range(0, len(g), mb)]
+    return chunks
 
 
 # ----------------------------------------------------------------------------- running the model
@@ -263,42 +267,27 @@ def shared_prefix_len(rows: list[dict], min_len: int = MIN_SHARED_PREFIX) -> int
     return L if L >= min_len else 0
 
 
-def prefix_logits(model, tokens, at, L: int = 0, split: bool = False, seq_ids=None):
-    """Logits (N, V) at positions `at` = (rows, cols) of tokens (b, T), the forward run in two parts
-    where asked: L > 0, a prefix of L tokens that every row shares, run once; else with split, each row's
-    first token, then the rest (the same as the full forward: how a micro-batch keeps step with the
-    others, below); else the plain forward.
+def prefix_logits(model, tokens, at, L: int = 0, seq_ids=None):
+    """Logits (N, V) at positions `at` = (rows, cols) of tokens (b, T); with L > 0, a prefix of L tokens
+    that every row shares runs once, then the rest reads its keys and values.
 
     Dropout: the prefix runs once for the whole micro-batch, so its dropout masks are one draw that every
     row shares, where a full forward draws one per row. Each row still sees dropout at rate p on every
     unit; only the rows' masks over the prefix are equal (tests/test_packing.py checks exactly this). At
-    dropout 0 the two are equal, values and gradients.
-
-    Under FSDP every rank must run as many forwards per micro-batch, with the same autograd graph (the
-    backward all-gathers in the graph's order), so when any micro-batch of a step has a prefix to share,
-    every other one of the step splits after its first token (split): two forwards, the second reading
-    the first's keys and values, as the prefix's. One process does the same, so each micro-batch computes
-    the same thing (and draws the same dropout masks) whatever the number of ranks."""
-    if not L and not split:
+    dropout 0 the two are equal, values and gradients. Under FSDP such a micro-batch makes two forwards,
+    so dpo.deal gives the ranks micro-batches of one kind at a time."""
+    if not L:
         h, _ = model.hidden(tokens, seq_ids=seq_ids)
         return model.logits(h[at])
-    if L:
-        _, kv = model.hidden(tokens[:1, :L])  # one row: its keys and values serve every row
-    else:
-        L = 1
-        if int(at[1].min()) < L:
-            raise ValueError("prefix_logits: a split micro-batch scores a token predicted from the first "
-                             "slot (a 1-token prompt); give every prompt at least 2 tokens")
-        _, kv = model.hidden(tokens[:, :L])
+    _, kv = model.hidden(tokens[:1, :L])  # one row: its keys and values serve every row
     h, _ = model.hidden(tokens[:, L:], L, past=kv)
     return model.logits(h[at[0], at[1] - L])
 
 
-def scored_logits(model, rows: list[dict], mode: str, device, doc_mask: bool = True, pad_to: int = 1,
-                  split: bool = False):
+def scored_logits(model, rows: list[dict], mode: str, device, doc_mask: bool = True, pad_to: int = 1):
     """Run a micro-batch in its layout: dpo pairs packed (collate_pairs), sft rows with a shared prefix
-    run once (prefix_logits; split: in two parts even without one), pretrain rows with document masks
-    (doc_mask=False: plain causal attention across the packed documents). Returns (logits (N, V) of the positions that predict a scored token, targets (N,),
+    run once (prefix_logits), pretrain rows with document masks (doc_mask=False: plain causal attention
+    across the packed documents). Returns (logits (N, V) of the positions that predict a scored token, targets (N,),
     seq (N,) the sequence of each: dpo 0..2b-1 as chosen then rejected, else the row, n_seq, n_real)."""
     max_T = model.args.max_seq_len
     if mode == "dpo":
@@ -311,6 +300,5 @@ def scored_logits(model, rows: list[dict], mode: str, device, doc_mask: bool = T
     tokens, mask = batch.tokens.to(device), batch.loss_mask.to(device)
     seq_ids = None if batch.seq_ids is None or not doc_mask else batch.seq_ids.to(device)
     seq, cols = mask[:, 1:].nonzero(as_tuple=True)  # position cols predicts token cols + 1 of row seq
-    logits = prefix_logits(model, tokens, (seq, cols), shared_prefix_len(rows) if seq_ids is None else 0,
-                           split and mode == "sft", seq_ids)
+    logits = prefix_logits(model, tokens, (seq, cols), shared_prefix_len(rows) if seq_ids is None else 0, seq_ids)
     return logits, tokens[seq, cols + 1], seq, len(rows), batch.n_real

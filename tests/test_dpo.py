@@ -308,3 +308,17 @@ def test_cli_bool_flags_turn_on_and_off():
     assert dpo.parse_args(base + ["--no-doc-mask"])[1].doc_mask is False
     assert dpo.parse_args(base + ["--doc-mask"])[1].doc_mask is True
     assert dpo.parse_args(base + ["--ipo"])[1].ipo is True and dpo.parse_args(base)[1].ipo is False
+
+
+def test_deal_gives_every_rank_the_same_forwards_and_every_micro_batch_once():
+    """Micro-batches with a shared prefix (two forwards) go in rounds of their own; a rank short in a
+    round repeats one of the same kind with weight 0. Hand-dealt: kinds [plain, prefix, plain, prefix,
+    prefix] on 2 ranks."""
+    head = list(range(100, 140))
+    shared = [{"prompt_ids": head + [1], "response_ids": [5]}, {"prompt_ids": head + [2], "response_ids": [6]}]
+    plain = [{"prompt_ids": [1, 2], "response_ids": [7]}]
+    chunks = [plain, shared, plain, shared, shared]
+    assert dpo.deal(chunks, 0, 2) == [(1, True), (4, True), (0, True)]
+    assert dpo.deal(chunks, 1, 2) == [(3, True), (1, False), (2, True)]
+    assert dpo.deal(chunks, 0, 1) == [(1, True), (3, True), (4, True), (0, True), (2, True)]
+    assert dpo.deal([plain] * 3, 2, 4) == [(2, True)] and dpo.deal([plain] * 3, 3, 4) == [(0, False)]  # a repeat

@@ -1,6 +1,6 @@
 """FSDP2 on CPU (gloo, 2 ranks, torch.multiprocessing spawn) against 1 process on the same global batch:
-SFT and DPO, with dropout (each micro-batch draws its own masks, whichever rank runs it), with shared
-prefixes on one rank's micro-batch and none on the other's, with a micro-batch count the ranks do not
+SFT and DPO, with dropout (each micro-batch draws its own masks, whichever rank runs it), with steps
+that mix micro-batches with and without a shared prefix, with a micro-batch count the ranks do not
 divide, a resume across rank counts, and sampling (each row's own stream; the ranks' batches prefilled
 differently).
 
@@ -47,8 +47,8 @@ def judge_like_data(n=8):
 
 
 def mixed_data():
-    """Half judge-like rows, half plain ones: in a step, one rank's micro-batch may share a prefix while
-    the other's does not (they then split after the first token: the same two forwards on every rank)."""
+    """Half judge-like rows, half plain ones: each step has a micro-batch that shares a prefix (two
+    forwards) and one that does not (one), so the ranks must take them in rounds of one kind (dpo.deal)."""
     return [r for pair in zip(judge_like_data(4), sft_data(4)) for r in pair]
 
 
@@ -128,7 +128,7 @@ def test_fsdp_two_ranks_match_one_process(tmp_path):
     for step in range(3):
         batch = [rows[i] for i in dpo.batch_indices(len(rows), 4, step, 0)]
         cut = packing.micro_batches(batch, 2)
-        assert [bool(packing.shared_prefix_len([batch[i] for i in c])) for c in cut] == [False, True]
+        assert {bool(packing.shared_prefix_len([batch[i] for i in c])) for c in cut} == {False, True}
     assert got["dropout_shared_prefix"] == pytest.approx([x["loss"] for x in h], rel=TOL)
     sharded, _ = load_model(f"{tmp}/fsdp_prefix")  # the prefix pass's gradients reached every shard
     for k, v in one.state_dict().items():

@@ -178,10 +178,11 @@ def test_the_generation_batch_size_changes_no_artifact(straight, tmp_path):
 def test_two_rank_torchrun_samples_and_trains_what_one_process_does(straight, tmp_path):
     """torchrun, 2 ranks on gloo, resuming the straight run after M1 (its data, M0 and M1 copied): the
     sampled stages split their prompts over the ranks, and DPO its micro-batches, yet every artifact is
-    the same as 1 process's, byte for byte, but M2's weights and gradient norms. Those differ by the
+    the same as 1 process's, byte for byte, up to M2. M2's weights and gradient norms differ by the
     order of fp32 sums alone (each rank sums its micro-batches' gradients, then the ranks' sums are
     averaged): weights by 7e-9 at most (measured), bounded at 1e-6, far below any real fault (a lost
-    micro-batch, or a rank's own dropout masks, moves some weight by >= 1e-4 here)."""
+    micro-batch, or a rank's own dropout masks, moves some weight by >= 1e-4 here); so M2's evaluation
+    samples nearly the same responses."""
     run = tmp_path / "fsdp"
     run.mkdir()
     for f in ("data", "M0", "M1"):
@@ -190,9 +191,15 @@ def test_two_rank_torchrun_samples_and_trains_what_one_process_does(straight, tm
     p = _run(run, ranks=2)
     out, _ = p.communicate(timeout=600)
     assert p.returncode == 0, out[-3000:]
-    compared = _same_artifacts(straight, run, skip=("M2/consolidated.00.pth", "M2/history.json"))
+    compared = _same_artifacts(straight, run, skip=("M2/consolidated.00.pth", "M2/history.json", "eval/M2.json",
+                                                    "results.json"))
     assert {"iter1/prompts.jsonl", "iter1/candidates.jsonl", "iter1/judgments.jsonl", "iter1/pairs.jsonl",
-            "eval/M1.json", "eval/M2.json"} <= set(compared)
+            "eval/M1.json"} <= set(compared)
+    # M2's samples: a response differs only where a draw falls within M2's rounding difference of a
+    # token's cumulative probability (it did once in 24 here): most must be the same
+    one, two = (json.load(open(d / "eval" / "M2.json")) for d in (straight, run))
+    assert one["n_eval"] == two["n_eval"] == 24
+    assert sum(a == b for a, b in zip(one["responses"], two["responses"])) >= 20
     for a, b in zip(json.load(open(straight / "M2" / "history.json")), json.load(open(run / "M2" / "history.json"))):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-6)  # the gradient norm too (measured 6e-6)
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
@@ -211,13 +218,15 @@ def test_two_rank_torchrun_loop_from_scratch_stays_within_fp_order(straight, tmp
     assert p.returncode == 0, out[-3000:]
     for f in ARTIFACTS:
         assert (tmp_path / "fsdp" / f).exists(), f
-    for stage, rel in (("M0", 2e-3), ("M1", 2e-3)):
+    for stage in ("M0", "M1"):
         one = [h["loss"] for h in json.load(open(straight / stage / "history.json"))]
         two = [h["loss"] for h in json.load(open(tmp_path / "fsdp" / stage / "history.json"))]
-        # The first steps agree as in test_fsdp.py; 24 steps at lr 3e-3 (M0), then 16 at 2e-3 (M1), drift
-        # the reordered fp32 sums to <= 1e-4 relative (measured 7e-7 and 6e-5), still far below a wrong
-        # shard, a lost rank's data or other dropout masks (>= 1e-2).
-        assert two[:3] == pytest.approx(one[:3], rel=1e-4) and two == pytest.approx(one, rel=rel), stage
+        # Pretraining's first steps agree as in test_fsdp.py; 24 steps at lr 3e-3 (M0), then 16 at 2e-3
+        # from that M0 (M1), drift the reordered fp32 sums to ~1e-4 relative (measured 7e-7 and 1.4e-4),
+        # still far below a wrong shard, a lost rank's data or other dropout masks (>= 1e-2).
+        assert two == pytest.approx(one, rel=2e-3), stage
+        if stage == "M0":  # the same start
+            assert two[:3] == pytest.approx(one[:3], rel=1e-4)
     for name in ("ift", "eft", "eval", "rm"):  # seed data: identical
         assert (tmp_path / "fsdp" / "data" / f"{name}.jsonl").read_bytes() == (straight / "data" / f"{name}.jsonl").read_bytes()
     results, _ = _final(tmp_path / "fsdp")

@@ -122,21 +122,19 @@ def test_shared_prefix_training_step_equals_plain_forward(monkeypatch):
     L = packing.shared_prefix_len(rows)
     assert L >= len(head)  # the head plus the chat prefix, and no scored token inside it
 
-    def loss_and_grads(prefix_len, split=False):
+    def loss_and_grads(prefix_len):
         monkeypatch.setattr(packing, "shared_prefix_len", lambda *a, **k: prefix_len)
         m = tiny_model(seed=3, vocab_size=260)
         m.zero_grad()
-        loss, _, _ = dpo.micro_batch_loss(m, rows, dpo.TrainConfig(mode="sft", steps=1), torch.device("cpu"), 50.0,
-                                          None, split)
+        loss, _, _ = dpo.micro_batch_loss(m, rows, dpo.TrainConfig(mode="sft", steps=1), torch.device("cpu"), 50.0, None)
         loss.backward()
         return loss.item(), [p.grad.clone() for p in m.parameters()]
 
     l_plain, g_plain = loss_and_grads(0)
-    # the prefix run once, and the split after each row's first token (what keeps FSDP ranks in step)
-    for l_other, g_other in (loss_and_grads(L), loss_and_grads(0, split=True)):
-        assert l_other == pytest.approx(l_plain, rel=1e-5)
-        for a, b in zip(g_plain, g_other):
-            assert torch.allclose(a, b, atol=1e-6)
+    l_prefix, g_prefix = loss_and_grads(L)
+    assert l_prefix == pytest.approx(l_plain, rel=1e-5)
+    for a, b in zip(g_plain, g_prefix):
+        assert torch.allclose(a, b, atol=1e-6)
 
 
 
@@ -146,12 +144,14 @@ def test_micro_batches_keep_every_row_once_and_group_shared_prompts():
             [{"prompt_ids": [i, i + 1], "response_ids": [2] * (i % 3 + 1)} for i in range(9)])
     chunks = [[rows[i] for i in c] for c in packing.micro_batches(rows, 4)]
     flat = [r for c in chunks for r in c]
-    assert sorted(map(id, flat)) == sorted(map(id, rows)) and [len(c) for c in chunks] == [4, 4, 4, 4]
-    shares = [r["prompt_ids"][:40] == head for r in flat]
-    assert shares == [False] * 9 + [True] * 7  # the sharing rows together, so the last micro-batch shares
+    assert sorted(map(id, flat)) == sorted(map(id, rows)) and [len(c) for c in chunks] == [4, 4, 1, 4, 3]
+    shares = [[r["prompt_ids"][:40] == head for r in c] for c in chunks]
+    assert shares == [[False] * 4, [False] * 4, [False], [True] * 4, [True] * 3]  # no micro-batch mixes them
     lengths = [packing.row_length(r) for r in flat]  # within a group, by length
     assert lengths[:9] == sorted(lengths[:9]) and lengths[9:] == sorted(lengths[9:])
     assert packing.micro_batches(rows[:5], 2)[-1] == [4]  # the longest, alone: the rest comes last
+    lone = [rows[0]] + rows[7:]  # a head that only one row has shares nothing: it joins the others
+    assert [len(c) for c in packing.micro_batches(lone, 4)] == [4, 4, 2]
 
 
 def test_shared_prefix_dropout_is_one_draw_for_all_rows():
