@@ -216,8 +216,8 @@ def batch_logps(model, rows: list[dict], mode: str, device, doc_mask: bool = Tru
 def score_examples(model, rows: list[dict], mode: str, micro_batch_size: int = 8, doc_mask: bool = True) -> torch.Tensor:
     """Per-example log-probs in eval mode: dpo -> (n, 4) = (logp chosen, logp rejected, n chosen tokens,
     n rejected tokens); sft/pretrain -> (n, 2) = (sum logp, n tokens). The micro-batches are cut from
-    all rows, as train_step cuts a batch, and the ranks take every world-th one, each rank running the
-    same number of forwards (FSDP all-gathers in lockstep); then the scores are summed over ranks."""
+    all rows and dealt to the ranks as train_step does (deal: the same forwards on every rank, as FSDP's
+    all-gathers need); then the scores are summed over ranks."""
     n = len(rows)
     if n == 0:
         return torch.zeros(0, 4 if mode == "dpo" else 2, dtype=torch.float64)
@@ -227,10 +227,10 @@ def score_examples(model, rows: list[dict], mode: str, micro_batch_size: int = 8
     model.eval()
     chunks = packing.micro_batches(rows, micro_batch_size)
     result = torch.zeros(n, 4 if mode == "dpo" else 2, dtype=torch.float64, device=device)
-    for k, counts_ in deal([[rows[i] for i in c] for c in chunks], rank, world):
+    for k, real in deal([[rows[i] for i in c] for c in chunks], rank, world):
         idx = chunks[k]
         logps, counts, _ = batch_logps(model, [rows[i] for i in idx], mode, device, doc_mask)
-        if not counts_:  # a repeat, only to keep step
+        if not real:  # a repeat, only to keep step
             continue
         counts = counts.to(logps.dtype)  # (rows,)
         b = len(idx)
@@ -245,11 +245,11 @@ def score_examples(model, rows: list[dict], mode: str, micro_batch_size: int = 8
 
 
 def deal(chunks: list[list[dict]], rank: int, world: int) -> list[tuple[int, bool]]:
-    """The micro-batches this rank runs, as (index, counts). Under FSDP every rank must make the same
+    """The micro-batches this rank runs, as (index, real). Under FSDP every rank must make the same
     forwards with the same autograd graph (the backward all-gathers in the graph's order), and a
     micro-batch with a shared prefix makes two (packing.prefix_logits): so the micro-batches are dealt
     in rounds of `world` of one kind, those with a shared prefix first, and a rank short in a round
-    repeats one of that kind, counts False (weight 0). One process runs each once, the same order."""
+    repeats one of that kind, real False (weight 0). One process runs each once, the same order."""
     kinds = [bool(packing.shared_prefix_len(c)) for c in chunks]
     out = []
     for kind in (True, False):
@@ -357,14 +357,14 @@ def fill_references(model, rows, eval_rows, cfg: TrainConfig, ref_model, resumed
 
 
 def train_step(model, opt, rows, cfg: TrainConfig, step: int, device, ref_model) -> dict:
-    """One optimiser step on global batch `step`: cut into micro-batches, of which this rank runs every
-    world-th, their gradients accumulated; then clipping and AdamW. Returns the step's record."""
+    """One optimiser step on global batch `step`: cut into micro-batches, of which this rank runs its
+    deal, their gradients accumulated; then clipping and AdamW. Returns the step's record."""
     rank, world = rank_world()
     B, mb = cfg.batch_size, cfg.micro_batch_size
     t_step = time.time()
     idx = batch_indices(len(rows), B, step, cfg.seed)
     # The global batch is cut into micro-batches (similar rows together, so little padding is wasted)
-    # before the ranks take theirs, every world-th one; each micro-batch's dropout masks are drawn from
+    # before they are dealt to the ranks; each micro-batch's dropout masks are drawn from
     # its own seed, f(seed, step, micro-batch). So the micro-batches, their masks and the summed
     # gradient are the same under any number of ranks (deal: which rank runs which).
     batch = [rows[i] for i in idx]
@@ -376,12 +376,12 @@ def train_step(model, opt, rows, cfg: TrainConfig, step: int, device, ref_model)
     for g in opt.param_groups:
         g["lr"] = lr
     sums = torch.zeros(6, dtype=torch.float64)  # loss, acc, chosen, rejected, margin, tokens
-    for j, (k, counts) in enumerate(mine):
+    for j, (k, real) in enumerate(mine):
         if isinstance(model, FSDPModule):  # reduce-scatter gradients only after the last one
             model.set_requires_gradient_sync(j == len(mine) - 1)
         seed_dropout(cfg.seed * 1_000_003 + step * 1_009 + k, device)
         loss, m, n_real = micro_batch_loss(model, chunks[k], cfg, device, norm, ref_model)
-        if not counts:  # a repeat: in lockstep, adding nothing
+        if not real:  # a repeat: in lockstep, adding nothing
             loss, m, n_real = loss * 0, {}, 0
         loss.backward()
         sums += torch.tensor([loss.item(), m.get("reward_accuracy", 0), m.get("chosen_reward", 0),

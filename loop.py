@@ -104,7 +104,7 @@ class Config:
     dpo_lr: float = 3e-5  # higher over-optimised the toy: responses collapsed (README, Measured figures)
     dpo_min_lr: float = 3e-6
     dpo_batch: int = 16
-    micro_batch: int = 8  # rows per forward in every training stage (pretrain rows, SFT examples, DPO pairs):
+    micro_batch: int = 16  # rows per forward in every training stage (pretrain rows, SFT examples, DPO pairs):
     # a memory knob; the same at any number of ranks, so a torchrun run trains what one process trains
     beta: float = 0.1
     dropout: float = 0.1  # SFT and DPO, as the paper; a pretrained model that never saw dropout wants 0 (README)
