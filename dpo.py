@@ -25,9 +25,8 @@ Data: SFT {"prompt","response"}; DPO {"prompt","chosen","rejected"} (TRL's names
 model is never in memory while the policy trains); pretrain {"text"} (or a .txt file, one doc per line).
 Losses only count response tokens (chat format: prompt ids + response ids ending in end-of-turn).
 
-Batches: `batch_size` is the global batch (examples, pairs or rows) summed over ranks and micro-batches.
-It is cut into micro-batches of `micro_batch_size` before the ranks take theirs, so the same micro-batches
-run, with the same dropout masks, under any number of ranks (tests/test_fsdp.py).
+Batches: `batch_size` is the global batch (examples, pairs or rows), cut into micro-batches before the
+ranks take theirs (deal): the same micro-batches and dropout masks under any number of ranks.
 SFT/pretrain average over the *tokens* of the whole global batch (every response token weighs the same,
 however the batch is cut into micro-batches or ranks); DPO averages over pairs.
 
@@ -363,10 +362,8 @@ def train_step(model, opt, rows, cfg: TrainConfig, step: int, device, ref_model)
     B, mb = cfg.batch_size, cfg.micro_batch_size
     t_step = time.time()
     idx = batch_indices(len(rows), B, step, cfg.seed)
-    # The global batch is cut into micro-batches (similar rows together, so little padding is wasted)
-    # before they are dealt to the ranks; each micro-batch's dropout masks are drawn from
-    # its own seed, f(seed, step, micro-batch). So the micro-batches, their masks and the summed
-    # gradient are the same under any number of ranks (deal: which rank runs which).
+    # Micro-batches of similar rows are cut before they are dealt to the ranks, each with its own dropout
+    # seed f(seed, step, micro-batch): the same masks and summed gradient under any number of ranks.
     batch = [rows[i] for i in idx]
     chunks = [[batch[i] for i in c] for c in packing.micro_batches(batch, mb)]
     mine = deal(chunks, rank, world)
