@@ -33,22 +33,16 @@ def save_checkpoint(model: Transformer, directory: str, tokenizer=None):
 _SHARD_DIM = {"wq": 0, "wk": 0, "wv": 0, "w1": 0, "w3": 0, "output": 0, "wo": 1, "w2": 1}
 
 
-def merge_meta_shards(shards: list[dict], dim: int) -> dict:
-    """Merge model-parallel shards. Norms are replicated (taken from shard 0). tok_embeddings
-    are split on the vocab (dim 0) in Llama 3 and on the hidden size (dim 1) in Llama 2."""
-    if len(shards) == 1:
-        return shards[0]
-    merged = {}
-    for key, t0 in shards[0].items():
-        parts = [s[key] for s in shards]
-        name = key.split(".")[-2]
-        if name in _SHARD_DIM:
-            merged[key] = torch.cat(parts, dim=_SHARD_DIM[name])
-        elif name == "tok_embeddings":
-            merged[key] = torch.cat(parts, dim=1 if t0.shape[1] * len(shards) == dim else 0)
-        else:
-            merged[key] = t0
-    return merged
+def split_dim(key: str, shard0: torch.Tensor, n_shards: int, dim: int) -> int | None:
+    """The dim a tensor was split on across Meta's model-parallel shards, None if each shard holds all of it
+    (the norms; every tensor of a single shard). tok_embeddings are split on the vocab (dim 0) in
+    Llama 3 and on the hidden size (dim 1) in Llama 2."""
+    name = key.split(".")[-2]
+    if n_shards == 1:
+        return None
+    if name == "tok_embeddings":
+        return 1 if shard0.shape[1] * n_shards == dim else 0
+    return _SHARD_DIM.get(name)
 
 
 def _check_shapes(model: Transformer, state: dict, source: str):
@@ -97,20 +91,10 @@ def check_gguf(path: str):
 
 
 def load_meta_checkpoint(directory: str, device="cpu", dtype=torch.float32):
-    """params.json + consolidated.NN.pth (1 or more model-parallel shards) -> Transformer."""
-    params_path = os.path.join(directory, "params.json")
-    params = read_json_object(params_path)
-    shard_paths = sorted(p for p in os.listdir(directory) if p.startswith("consolidated.") and p.endswith(".pth"))
-    if not shard_paths:
-        raise FileNotFoundError(f"no consolidated.NN.pth in {directory}")
-    shards = [_load_pth(os.path.join(directory, p)) for p in shard_paths]
-    state = merge_meta_shards(shards, params["dim"])
-    if params.get("vocab_size", -1) <= 0:  # Llama 2: the vocabulary size comes from the weights
-        params["vocab_size"] = state["tok_embeddings.weight"].shape[0]
-    if "tie_embeddings" not in params:  # Meta's params.json has no such field: a missing output ties
-        params["tie_embeddings"] = "output.weight" not in state
-    args = ModelArgs.from_params(params, source=params_path)
-    return build_from_state_dict(args, state, f"{directory}/{shard_paths[0]}", device, dtype)
+    """params.json + consolidated.NN.pth (1 or more model-parallel shards, merged) -> Transformer."""
+    weights = lazy_meta(directory)
+    state = {k: weights.rows[k](0, shape[0]) for k, shape in weights.shapes.items()}
+    return build_from_state_dict(weights.args, state, weights.source, device, dtype)
 
 
 # llama.cpp names -> Meta names. GGUF stores q/k rows in Meta's interleaved RoPE order already.
@@ -171,20 +155,103 @@ def load_model(path: str, device="cpu", dtype=torch.float32, seed: int = 0):
         model.init_weights(seed=seed)
         return model.to(dtype), None
     if path.endswith(".gguf"):
-        from tokenizer import Tokenizer
-        return load_gguf(path, device, dtype), Tokenizer.from_gguf(path)
+        return load_gguf(path, device, dtype), load_tokenizer(path)
+    _check_exists(path)
+    if _is_hf(path):
+        import hf  # Hugging Face folders: the reader lives beside the model, not inside it
+        return hf.load_hf(path, device, dtype), load_tokenizer(path)
+    return load_meta_checkpoint(path, device, dtype), load_tokenizer(path)
+
+
+def _check_exists(path: str):
     if not os.path.exists(path):
         raise FileNotFoundError(f"no checkpoint at {path!r} (expected a preset name, a .gguf file, a directory "
                                 f"with params.json or a Hugging Face folder); presets: {sorted(PRESETS)}")
-    if not os.path.exists(os.path.join(path, "params.json")) and os.path.exists(os.path.join(path, "config.json")):
-        import hf  # Hugging Face folders: the reader lives beside the model, not inside it
-        model = hf.load_hf(path, device, dtype)
-        if not os.path.exists(os.path.join(path, "tokenizer.json")):
-            return model, None
-        from tokenizer import Tokenizer
-        return model, Tokenizer.from_hf_dir(path)
-    model = load_meta_checkpoint(path, device, dtype)
-    if not os.path.exists(os.path.join(path, "tokenizer.model")):
-        return model, None
+
+
+def _is_hf(path: str) -> bool:
+    return not os.path.exists(os.path.join(path, "params.json")) and os.path.exists(os.path.join(path, "config.json"))
+
+
+def load_tokenizer(path: str):
+    """The tokenizer that comes with a checkpoint (GGUF metadata, tokenizer.json, tokenizer.model), or None."""
     from tokenizer import Tokenizer
-    return model, Tokenizer.from_dir(path)
+    if path.endswith(".gguf"):
+        return Tokenizer.from_gguf(path)
+    if _is_hf(path):
+        return Tokenizer.from_hf_dir(path) if os.path.exists(os.path.join(path, "tokenizer.json")) else None
+    return Tokenizer.from_dir(path) if os.path.exists(os.path.join(path, "tokenizer.model")) else None
+
+
+# ----------------------------------------------------------------------------- read a slice at a time
+
+class LazyWeights:
+    """A checkpoint's tensors under Meta's names and layout, read a slice at a time, so that a rank can
+    load its own shard without holding the model (sharding.load_sharded). rows[key](start, stop) gives
+    state[key][start:stop]; part(key, dim, start, stop) any dim (other than 0: the tensor is read whole,
+    one at a time)."""
+
+    def __init__(self, args: ModelArgs, shapes: dict[str, tuple], rows: dict, source: str):
+        self.args, self.shapes, self.rows, self.source = args, shapes, rows, source
+
+    def part(self, key: str, dim: int, start: int, stop: int) -> torch.Tensor:
+        if key not in self.rows:
+            raise ValueError(f"{self.source}: no tensor {key!r}")
+        if dim == 0:
+            return self.rows[key](start, stop)
+        return self.rows[key](0, self.shapes[key][0]).narrow(dim, start, stop - start)
+
+
+def lazy_weights(path: str) -> LazyWeights | None:
+    """LazyWeights of a Meta folder or a Hugging Face folder; None for what has no slice-wise reader (a
+    preset, a GGUF, whose blocks are quantized across rows)."""
+    if path in PRESETS or path.endswith(".gguf"):
+        return None
+    _check_exists(path)
+    if _is_hf(path):
+        import hf
+        return hf.lazy_hf(path)
+    return lazy_meta(path)
+
+
+def _concat_rows(parts: list[torch.Tensor], start: int, stop: int) -> torch.Tensor:
+    """Rows start:stop of torch.cat(parts) without concatenating the rest."""
+    out, offset = [], 0
+    for p in parts:
+        a, b = max(start - offset, 0), min(stop - offset, p.shape[0])
+        if a < b:
+            out.append(p[a:b])
+        offset += p.shape[0]
+    return torch.cat(out) if out else parts[0][:0]
+
+
+def lazy_meta(directory: str) -> LazyWeights:
+    """A Meta folder's tensors, its model-parallel shards merged (split_dim) one row range at a time: the
+    shards are memory-mapped, so only the pages of the rows asked for are read."""
+    params_path = os.path.join(directory, "params.json")
+    params = read_json_object(params_path)
+    shard_paths = sorted(p for p in os.listdir(directory) if p.startswith("consolidated.") and p.endswith(".pth"))
+    if not shard_paths:
+        raise FileNotFoundError(f"no consolidated.NN.pth in {directory}")
+    shards = [_load_pth(os.path.join(directory, p)) for p in shard_paths]
+    rows, shapes = {}, {}
+    for key, t0 in shards[0].items():
+        parts = [s[key] for s in shards]
+        dim = split_dim(key, t0, len(parts), params["dim"])
+        if dim is None:
+            rows[key], shapes[key] = (lambda a, b, t=t0: t[a:b]), tuple(t0.shape)
+        elif dim == 0:
+            rows[key] = lambda a, b, ps=parts: _concat_rows(ps, a, b)
+            shapes[key] = (sum(p.shape[0] for p in parts), *t0.shape[1:])
+        else:
+            rows[key] = lambda a, b, ps=parts: torch.cat([p[a:b] for p in ps], dim=1)
+            shapes[key] = (t0.shape[0], sum(p.shape[1] for p in parts))
+    if params.get("vocab_size", -1) <= 0:
+        params["vocab_size"] = shapes["tok_embeddings.weight"][0]
+    if "tie_embeddings" not in params:
+        params["tie_embeddings"] = "output.weight" not in shapes
+    args = ModelArgs.from_params(params, source=params_path)
+    source = f"{directory}/{shard_paths[0]}"
+    with torch.device("meta"):
+        _check_shapes(Transformer(args), {k: torch.empty(v, device="meta") for k, v in shapes.items()}, source)
+    return LazyWeights(args, shapes, rows, source)

@@ -32,11 +32,10 @@ however the batch is cut into micro-batches or ranks); DPO averages over pairs.
 
 Checkpoints: OUT/train_state.pt every save_every steps = full (gathered) model + optimiser state dicts
 (FQN keys, so a run may resume on another number of ranks), step and history; written by rank 0,
-atomically, and removed once the final checkpoint is written. Non-finite weights are never saved.
-Data order and dropout masks are pure functions of (seed, step, micro-batch), so the step is the
-whole data position and RNG state. The final weights go to OUT in Meta's layout (sharding.save_final).
-Gathering full state dicts on rank 0 suits models that fit one host's RAM; for 70B, switch to
-torch.distributed.checkpoint.save of the sharded state dicts.
+atomically, removed once the final checkpoint is written. Non-finite weights are never saved. Data
+order and dropout masks are pure functions of (seed, step, micro-batch), so the step is the whole data
+position and RNG state. The final weights go to OUT in Meta's layout, gathered on rank 0
+(sharding.save_final; the README's "Scaling to 70B" says what that costs and why).
 """
 import argparse
 import contextlib
@@ -157,6 +156,7 @@ class TrainConfig:
     resume: bool = False  # continue from OUT/train_state.pt if it exists
     stop_after: int = 0  # stop after this step without saving, as if killed (tests, time slices)
     doc_mask: bool = True  # pretrain: keep attention inside each packed document (False: GPT-2 style)
+    activation_checkpointing: bool = False  # keep block inputs only, recompute in the backward (model.hidden)
 
     def __post_init__(self):
         if self.mode not in MODE_DEFAULTS:
@@ -220,19 +220,19 @@ def score_examples(model, rows: list[dict], mode: str, micro_batch_size: int = 8
     n = len(rows)
     if n == 0:
         return torch.zeros(0, 4 if mode == "dpo" else 2, dtype=torch.float64)
-    rank, world = rank_world()
+    rank, world = (0, 1) if getattr(model, "tensor_parallel", 0) else rank_world()  # TP: every rank, every row
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     chunks = packing.micro_batches(rows, micro_batch_size)
+    chunk_rows = [[rows[i] for i in c] for c in chunks]
     result = torch.zeros(n, 4 if mode == "dpo" else 2, dtype=torch.float64, device=device)
-    for k, real in deal([[rows[i] for i in c] for c in chunks], rank, world):
+    for k, real in deal(chunk_rows, rank, world):
         idx = chunks[k]
-        logps, counts, _ = batch_logps(model, [rows[i] for i in idx], mode, device, doc_mask)
+        logps, counts, _ = batch_logps(model, chunk_rows[k], mode, device, doc_mask)
         if not real:  # a repeat, only to keep step
             continue
-        counts = counts.to(logps.dtype)  # (rows,)
-        b = len(idx)
+        counts, b = counts.to(logps.dtype), len(idx)  # (rows,)
         cols = [logps[:b], logps[b:], counts[:b], counts[b:]] if mode == "dpo" else [logps, counts]
         result[torch.tensor(idx, device=device)] = torch.stack(cols, 1).double()
     model.train(was_training)
@@ -395,8 +395,7 @@ def train_step(model, opt, rows, cfg: TrainConfig, step: int, device, ref_model)
         if not math.isfinite(grad_norm):
             raise FloatingPointError(f"{cfg.mode} step {step + 1}/{cfg.steps}: the gradient norm is {grad_norm}; "
                                      "stopping before the update.")
-    opt.step()
-    opt.zero_grad(set_to_none=True)
+    opt.step(), opt.zero_grad(set_to_none=True)
     rec = {"step": step + 1, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
            "tokens_per_s": sums[5].item() / (time.time() - t_step)}
     if cfg.mode == "dpo":
@@ -442,8 +441,8 @@ def train(model, examples: list[dict], cfg: TrainConfig, tokenizer=None, eval_ex
     rank, world = rank_world()
     if world > 1 and not isinstance(model, FSDPModule):
         raise ValueError("train: under torch.distributed, shard the model first (shard_model/load_for_training)")
-    device = next(model.parameters()).device
-    max_len = train_max_len(model, cfg.max_len)
+    device, max_len = next(model.parameters()).device, train_max_len(model, cfg.max_len)
+    model.checkpoint_blocks = cfg.activation_checkpointing
     rows = packing.prepare(examples, cfg.mode, tokenizer, max_len)
     eval_rows = packing.prepare(eval_examples, cfg.mode, tokenizer, max_len) if eval_examples else None
     opt = make_optimizer(model, cfg)
@@ -509,7 +508,8 @@ def save_state(path, model, opt, step, history, cfg, rows, eval_rows):
 
 def check_config(saved: dict, cfg: TrainConfig, path: str):
     """A run resumed from `path` must have the settings that shaped it (the harmless ones aside)."""
-    harmless = {"log_every", "eval_every", "save_every", "resume", "stop_after", "out", "micro_batch_size"}
+    harmless = {"log_every", "eval_every", "save_every", "resume", "stop_after", "out", "micro_batch_size",
+                "activation_checkpointing"}
     for k, v in saved.items():
         if k not in harmless and getattr(cfg, k) != v:
             raise ValueError(f"{path}: saved run has {k}={v!r}, this run has {k}={getattr(cfg, k)!r}; "

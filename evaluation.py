@@ -39,10 +39,16 @@ def rouge_l(a: str, b: str) -> float:
     return 2 * prev[-1] / (len(x) + len(y))
 
 
+def stream_seed(cfg, stream: str) -> str:
+    """The seed of one named random stream of a run (a stage's sampling, its prompt choice, ...): streams
+    are named, not offset, so adding a stage moves no other stage's draws."""
+    return f"{cfg.seed}/{stream}"
+
+
 def sampling(cfg, temperature: float, stream: str) -> dict:
     """generate_many's sampling settings; the stage's random streams are named by the run's seed and
     `stream` (each row then by its prompt and sample index: generate.row_key)."""
-    return dict(temperature=temperature, top_p=cfg.top_p, seed=f"{cfg.seed}/{stream}",
+    return dict(temperature=temperature, top_p=cfg.top_p, seed=stream_seed(cfg, stream),
                 compile=cfg.compile, batch_size=cfg.batch_size)
 
 

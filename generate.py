@@ -206,14 +206,19 @@ def _set_rows(model, rows):
 
 # ----------------------------------------------------------------------------- decoding
 
+def _on_all_ranks(flag: bool, device, every: bool) -> bool:
+    """Under torch.distributed (FSDP), every rank must run the same forwards, so decisions that change
+    them are agreed on: whether flag holds on every rank (every=True) or on any (else on this process)."""
+    if rank_world()[1] == 1:
+        return flag
+    t = torch.tensor(int(flag), device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN if every else dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def _all_done(done: torch.Tensor) -> bool:
-    """Under torch.distributed (FSDP), every rank must run the same number of forwards: stop only when
-    all ranks are done."""
-    flag = done.all().to(torch.int32)
-    if rank_world()[1] > 1:
-        flag = flag.to(done.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item())
+    """Stop decoding only when all rows of all ranks are done."""
+    return _on_all_ranks(bool(done.all()), done.device, every=True)
 
 
 def batch_layout(prompts: list[list[int]], max_new_tokens: int, max_seq_len: int, pad_id: int = 0,
@@ -243,19 +248,10 @@ def batch_layout(prompts: list[list[int]], max_new_tokens: int, max_seq_len: int
     return tokens, seq_ids, positions, L, P, S
 
 
-def _any_rank(flag: bool, device) -> bool:
-    """Whether flag holds on any rank (under torch.distributed; else on this process)."""
-    if rank_world()[1] == 1:
-        return flag
-    t = torch.tensor(int(flag), device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
-
-
 def prefill(model, tokens, seq_ids, positions, L: int, P: int, S: int) -> torch.Tensor:
     """Fill the caches with the prompts, the shared prefix once; -> logits (B, V) of each row's last slot."""
     B = tokens.shape[0]
-    two_parts = _any_rank(L > 0, tokens.device)
+    two_parts = _on_all_ranks(L > 0, tokens.device, every=False)
     if L:  # prefill the shared prefix in one row, then copy its keys/values into every row
         setup_cache(model, 1, S)
         model.hidden(tokens[:1, :L], 0, positions[:1, :L], seq_ids[:1])
@@ -381,8 +377,9 @@ def generate_many(model, prompts: list[list[int]], max_new_tokens: int, batch_si
     Under torch.distributed (FSDP), each rank takes every world-th prompt, all ranks run the same
     number of batches (a rank with none left repeats a dummy one), and results are gathered. Each row
     samples from its own stream (generate's seed and the prompt's index here), so the results are the
-    same at any batch_size and any number of ranks."""
-    rank, world = rank_world()
+    same at any batch_size and any number of ranks. A tensor-parallel model (sharding.tensor_parallel)
+    runs every prompt on every rank."""
+    rank, world = (0, 1) if getattr(model, "tensor_parallel", 0) else rank_world()
     order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), prompts[i]))[rank::world]
     per_batch = max(1, batch_size // num_samples)
     n_batches = -(-len(order) // per_batch)
@@ -399,7 +396,7 @@ def generate_many(model, prompts: list[list[int]], max_new_tokens: int, batch_si
         for j, i in enumerate(idx):
             mine[i] = outs[j] if num_samples == 1 else outs[j * num_samples:(j + 1) * num_samples]
         n_tok += sum(len(o) for o in outs) if idx else 0
-        if progress and rank == 0:
+        if progress and rank_world()[0] == 0:
             dt = time.time() - t0
             eta = dt / (b + 1) * (n_batches - b - 1)
             print(f"  {progress}: batch {b + 1}/{n_batches}  {n_tok * world / dt:,.0f} new tok/s  "

@@ -29,7 +29,7 @@ import sys
 
 import torch
 
-from checkpoint import build_from_state_dict
+from checkpoint import LazyWeights, build_from_state_dict
 from common import atomic_write, atomic_write_text, read_json_object
 from model import ModelArgs, Transformer
 
@@ -50,41 +50,66 @@ _TOP_NAMES = {"model.embed_tokens.weight": "tok_embeddings.weight", "model.norm.
 
 # ----------------------------------------------------------------------------- safetensors
 
-def read_safetensors(path: str) -> dict[str, torch.Tensor]:
-    """{name: tensor}, zero-copy views of a private (copy-on-write) memory map of the file."""
+def safetensors_entries(path: str) -> dict[str, tuple[torch.dtype, list[int], int]]:
+    """The header of a safetensors file, checked: {name: (dtype, shape, offset of its bytes in the file)}."""
     if sys.byteorder != "little":
         raise RuntimeError("safetensors are little-endian; this reader runs on little-endian machines only")
     size = os.path.getsize(path)
     if size < 8:
         raise ValueError(f"{path}: not a safetensors file ({size} bytes, less than its header length)")
     with open(path, "rb") as f:
-        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # writable, so frombuffer does not warn
-    (n,) = struct.unpack("<Q", mm[:8])
+        (n,) = struct.unpack("<Q", f.read(8))
+        raw = f.read(n) if 8 + n <= size else b""
     try:
-        header = json.loads(mm[8:8 + n]) if 8 + n <= size else None
+        header = json.loads(raw) if raw else None
     except ValueError:
         header = None
     if not isinstance(header, dict):
         raise ValueError(f"{path}: not a safetensors file (no JSON header of {n} bytes after the first 8)")
     header.pop("__metadata__", None)
-    return {name: _tensor_at(mm, 8 + n, name, info, path) for name, info in header.items()}
+    return {name: _entry(name, info, path, 8 + n, size) for name, info in header.items()}
 
 
-def _tensor_at(mm: mmap.mmap, start: int, name: str, info, path: str) -> torch.Tensor:
-    """One header entry {dtype, shape, data_offsets relative to the data start} -> a view of the map."""
+def _entry(name: str, info, path: str, start: int, size: int) -> tuple[torch.dtype, list[int], int]:
+    """One header entry {dtype, shape, data_offsets relative to the data start}, checked against the file."""
     try:
         dtype, shape, (begin, end) = _DTYPES.get(info["dtype"]), [int(d) for d in info["shape"]], info["data_offsets"]
     except (KeyError, TypeError, ValueError):
         raise ValueError(f"{path}: tensor {name!r} has a malformed header entry {info!r}") from None
     if dtype is None:
         raise ValueError(f"{path}: tensor {name!r} has dtype {info['dtype']}; supported: {sorted(_DTYPES)}")
-    count = math.prod(shape)
-    if end - begin != count * dtype.itemsize or start + end > len(mm):
+    if end - begin != math.prod(shape) * dtype.itemsize or start + end > size:
         raise ValueError(f"{path}: tensor {name!r}: data_offsets {info['data_offsets']} do not fit shape {shape} "
-                         f"in {info['dtype']} or the file's {len(mm)} bytes")
-    if count == 0:  # frombuffer refuses an empty view
-        return torch.empty(shape, dtype=dtype)
-    return torch.frombuffer(mm, dtype=dtype, count=count, offset=start + begin).view(shape)
+                         f"in {info['dtype']} or the file's {size} bytes")
+    return dtype, shape, start + begin
+
+
+def read_safetensors(path: str) -> dict[str, torch.Tensor]:
+    """{name: tensor}, zero-copy views of a private (copy-on-write) memory map of the file."""
+    entries = safetensors_entries(path)
+    with open(path, "rb") as f:
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # writable, so frombuffer does not warn
+    out = {}
+    for name, (dtype, shape, offset) in entries.items():
+        count = math.prod(shape)  # frombuffer refuses an empty view
+        out[name] = (torch.frombuffer(mm, dtype=dtype, count=count, offset=offset).view(shape) if count
+                     else torch.empty(shape, dtype=dtype))
+    return out
+
+
+def read_rows(path: str, entry: tuple[torch.dtype, list[int], int], start: int, stop: int) -> torch.Tensor:
+    """Rows start:stop (along dim 0) of one tensor, read from the file into new memory. The rows of a
+    row-major tensor are one byte range, so a rank that loads its shard reads only its shard's bytes and
+    keeps no map of the rest (sharding.load_sharded)."""
+    dtype, shape, offset = entry
+    row = math.prod(shape[1:]) * dtype.itemsize
+    buf = bytearray((stop - start) * row)
+    with open(path, "rb") as f:
+        f.seek(offset + start * row)
+        if f.readinto(buf) != len(buf):
+            raise ValueError(f"{path}: ends inside a tensor's rows {start}:{stop}")
+    out = torch.frombuffer(buf, dtype=dtype) if buf else torch.empty(0, dtype=dtype)
+    return out.view(stop - start, *shape[1:])
 
 
 def write_safetensors(path: str, tensors: dict[str, torch.Tensor], metadata: dict | None = None):
@@ -311,6 +336,37 @@ def load_hf(directory: str, device="cpu", dtype=torch.float32, max_seq_len: int 
     if args.tie_embeddings:
         tensors.pop("lm_head.weight", None)  # checked equal to the embedding above
     return build_from_state_dict(args, hf_to_meta(tensors, args, origin), directory, device, dtype)
+
+
+def lazy_hf(directory: str, max_seq_len: int | None = None) -> LazyWeights:
+    """A Hugging Face folder's tensors under Meta's names, read row range by row range (read_rows): the
+    config is checked against the weights' shapes as load_hf checks it, and q/k rows are un-permuted
+    within the heads the range touches."""
+    config_path = os.path.join(directory, CONFIG)
+    tensors, origin = read_hf_weights(directory)  # views of maps, for the checks: no weight is read
+    args = config_to_args(read_json_object(config_path), tensors, origin, config_path, max_seq_len)
+    entries = {path: safetensors_entries(path) for path in set(origin.values())}
+    rows, shapes = {}, {}
+    for name, t in tensors.items():
+        key = meta_name(name, origin[name])
+        if key is None or (key == "output.weight" and args.tie_embeddings):
+            continue
+        heads = args.n_heads if ".attention.wq." in key else args.n_kv_heads if ".attention.wk." in key else 0
+        order = to_meta_qk(torch.arange(t.shape[0]), heads) if heads else None
+        rows[key] = lambda a, b, p=origin[name], e=entries[origin[name]][name], o=order: _rows(p, e, a, b, o)
+        shapes[key] = tuple(t.shape)
+    return LazyWeights(args, shapes, rows, directory)
+
+
+def _rows(path: str, entry, start: int, stop: int, order: torch.Tensor | None) -> torch.Tensor:
+    """Rows start:stop in Meta's layout; order[i] = the Hugging Face row of Meta's row i (q/k), else None."""
+    if order is None:
+        return read_rows(path, entry, start, stop)
+    want = order[start:stop]
+    if not len(want):
+        return read_rows(path, entry, 0, 0)
+    lo = int(want.min())
+    return read_rows(path, entry, lo, int(want.max()) + 1)[want - lo]
 
 
 # ----------------------------------------------------------------------------- export

@@ -3,11 +3,13 @@
 Section 2 / Figure 2 of the paper: the model judges a response with an additive 5-point
 prompt, justifies briefly and ends with "Score: k". Fig. 2 is the default rubric; any other is a
 template file with {instruction} and {response} slots (rubrics/: safety, instruction_following),
-checked when it is loaded.
+checked when it is loaded. At the end, the preference pairs the judgments make (Section 3.3 step 4:
+the best-scored candidate against the worst) and the --pairs-from random control.
 
 Imports: the standard library only (generate.py, lazily, for judging with a model).
 """
 import math
+import random
 import os
 import re
 from dataclasses import dataclass
@@ -319,3 +321,37 @@ def reward_model_metrics(groups) -> dict:
         "spearman": sum(spearman(j, r) for j, r in filled) / n if n else float("nan"),
         "kendall_tau": sum(kendall_tau(j, r) for j, r in filled) / n if n else float("nan"),
     }
+
+
+# ----------------------------------------------------------------------------- pairs (Section 3.3 step 4)
+
+def build_pairs(candidates: list[dict], judgments: list[dict]) -> tuple[list[dict], dict]:
+    """For each prompt: chosen = highest mean judge score, rejected = lowest; drop the prompt if they are
+    equal or fewer than 2 candidates got a parseable score."""
+    pairs, stats = [], {"prompts": len(candidates), "ties": 0, "unscored": 0}
+    by_prompt = {}
+    for j in judgments:
+        by_prompt.setdefault(j["prompt_index"], []).append(j)
+    for i, c in enumerate(candidates):
+        scored = [(j["score"], j["candidate"]) for j in by_prompt.get(i, []) if j["score"] is not None]
+        if len(scored) < 2:
+            stats["unscored"] += 1
+            continue
+        best = max(scored, key=lambda s: s[0])  # first of equals: deterministic
+        worst = min(scored, key=lambda s: s[0])
+        if best[0] == worst[0]:
+            stats["ties"] += 1
+            continue
+        pairs.append({"prompt": c["prompt"], "chosen": c["responses"][best[1]], "rejected": c["responses"][worst[1]],
+                      "chosen_score": best[0], "rejected_score": worst[0]})
+    stats["pairs"] = len(pairs)
+    return pairs, stats
+
+
+def random_judgments(candidates: list[dict], seed) -> list[dict]:
+    """The --pairs-from random control: distinct random "scores" in place of the judge's, so build_pairs
+    prefers one random candidate over another. Not the method: it measures what DPO gains without a judge."""
+    rng = random.Random(seed)
+    return [{"prompt_index": i, "candidate": k, "score": float(s), "scores": [float(s)], "raw": []}
+            for i, c in enumerate(candidates)
+            for k, s in enumerate(rng.sample(range(len(c["responses"])), len(c["responses"])))]

@@ -21,12 +21,16 @@ of the method is the same code:
 Only evaluation reads a ground truth. Every stage writes its artifacts atomically under --run-dir, and a
 killed run resumes from them with the same command.
 
-Imports: torch; the project's dpo.py (training), sharding.py (loading, FSDP2), rundir.py (stages bound to
-their settings, resume, checks of reused artifacts), judge.py (rubrics, judging),
+Under torchrun, training runs on FSDP2 shards and the forward-only stages on them too, or tensor-parallel
+(--generation-layout). `python loop.py --plan ...` prints the per-GPU memory plan of a model (plan.py).
+
+Imports: torch; the project's dpo.py (training), sharding.py (loading, FSDP2, TP), rundir.py (stages bound
+to their settings, resume, checks of reused artifacts), judge.py (rubrics, judging, pairs),
 generate.py (sampling), evaluation.py (evaluation, report), data.py (the data contract, readers),
-common.py (files, ranks), tokenizer.py, model.py, and the worlds toyworld.py / realworld.py.
+common.py (files, ranks), tokenizer.py, model.py, plan.py, and the worlds toyworld.py / realworld.py.
 """
 import argparse
+import functools
 import inspect
 import math
 import os
@@ -106,6 +110,10 @@ class Config:
     dpo_batch: int = 16
     micro_batch: int = 16  # rows per forward in every training stage (pretrain rows, SFT examples, DPO pairs):
     # a memory knob; the same at any number of ranks, so a torchrun run trains what one process trains
+    activation_checkpointing: bool = False  # another memory knob: recompute each block in the backward
+    generation_layout: str = "auto"  # under torchrun, how sampling, judging, reference log-probs and evaluation
+    # run: "tp" = tensor-parallel (sharding.tensor_parallel), "fsdp" = on the FSDP shards, ranks in lockstep
+    # (bit for bit what one process samples); auto = tp on CUDA, fsdp on CPU
     beta: float = 0.1
     dropout: float = 0.1  # SFT and DPO, as the paper; a pretrained model that never saw dropout wants 0 (README)
     rpo_alpha: float = 1.0  # Iterative RPO's NLL term on the chosen response (Pang et al. 2024); 0 = the
@@ -134,8 +142,6 @@ NONE_DEFAULTS = dict(run_dir="runs/data-seed0", dropout=0.0, eval_greedy=False, 
                      dpo_lr=1e-6, dpo_min_lr=1e-7)
 
 
-# ----------------------------------------------------------------------------- small utilities
-
 # ----------------------------------------------------------------------------- self-instruction (Section 3.3 step 1)
 
 SELF_INSTRUCT_HEADER = "Here are tasks that people asked an AI assistant. Write one more new task.\n"
@@ -153,7 +159,7 @@ def create_prompts(model, tok, cfg: Config, ift_prompts: list[str], earlier: lis
     are some), T=0.6, top-p 0.9. Filters exact duplicates, near-copies (ROUGE-L >= threshold against the
     prompt's own demonstrations), length outliers (relative to the IFT prompts) and any prompt of the
     evaluation sets (`exclude`: decontamination). Returns (rows, stats)."""
-    rng = random.Random(f"{cfg.seed}/{stream}")
+    rng = random.Random(E.stream_seed(cfg, stream))
     pool = earlier or ift_prompts
     demos = [rng.sample(ift_prompts, 6) + rng.sample(pool, 2) for _ in range(cfg.n_prompts)]
     for d in demos:
@@ -188,41 +194,13 @@ def create_prompts(model, tok, cfg: Config, ift_prompts: list[str], earlier: lis
     return rows, stats
 
 
-# ----------------------------------------------------------------------------- pairs (Section 3.3 step 4)
-
-def build_pairs(candidates: list[dict], judgments: list[dict]) -> tuple[list[dict], dict]:
-    """For each prompt: chosen = highest mean judge score, rejected = lowest; drop the prompt if they are
-    equal or fewer than 2 candidates got a parseable score."""
-    pairs, stats = [], {"prompts": len(candidates), "ties": 0, "unscored": 0}
-    by_prompt = {}
-    for j in judgments:
-        by_prompt.setdefault(j["prompt_index"], []).append(j)
-    for i, c in enumerate(candidates):
-        scored = [(j["score"], j["candidate"]) for j in by_prompt.get(i, []) if j["score"] is not None]
-        if len(scored) < 2:
-            stats["unscored"] += 1
-            continue
-        best = max(scored, key=lambda s: s[0])  # first of equals: deterministic
-        worst = min(scored, key=lambda s: s[0])
-        if best[0] == worst[0]:
-            stats["ties"] += 1
-            continue
-        pairs.append({"prompt": c["prompt"], "chosen": c["responses"][best[1]], "rejected": c["responses"][worst[1]],
-                      "chosen_score": best[0], "rejected_score": worst[0]})
-    stats["pairs"] = len(pairs)
-    return pairs, stats
-
-
-def random_judgments(candidates: list[dict], seed) -> list[dict]:
-    """The --pairs-from random control: distinct random "scores" in place of the judge's, so build_pairs
-    prefers one random candidate over another. Not the method: it measures what DPO gains without a judge."""
-    rng = random.Random(seed)
-    return [{"prompt_index": i, "candidate": k, "score": float(s), "scores": [float(s)], "raw": []}
-            for i, c in enumerate(candidates)
-            for k, s in enumerate(rng.sample(range(len(c["responses"])), len(c["responses"])))]
-
-
 RUN: RunDir | None = None  # set by run()
+
+
+def train_config(cfg: Config, mode: str, batch: int, **kw) -> dpo.TrainConfig:
+    """A training stage's settings, with the run's memory knobs, which change no result."""
+    return dpo.TrainConfig(mode=mode, batch_size=batch, micro_batch_size=min(cfg.micro_batch, batch),
+                           activation_checkpointing=cfg.activation_checkpointing, **kw)
 
 
 # ----------------------------------------------------------------------------- training stages
@@ -263,6 +241,17 @@ def load_stage_model(cfg: Config, path: str):
     return sharding.load_for_training(path, cfg.device, cfg.seed)[0].eval()
 
 
+def forward_model(cfg: Config, path: str, model):
+    """A zero-argument function giving the model that M_t's forward-only stages run on (sampling, judging,
+    reference log-probs, evaluation), loaded at the first call. With the tp generation layout under
+    torchrun, that is M_t's checkpoint at `path` loaded tensor-parallel: the weights move into that layout
+    once for all of those stages, where FSDP all-gathers every block for every token. Else `model`."""
+    layout = cfg.generation_layout if cfg.generation_layout != "auto" else "tp" if cfg.device.startswith("cuda") else "fsdp"
+    if rank_world()[1] == 1 or layout == "fsdp":
+        return lambda: model
+    return functools.cache(lambda: sharding.load_for_generation(path, cfg.device)[0].eval())
+
+
 def pretraining_text(cfg: Config) -> list[dict]:
     """The toy M0's "web": plain sentences about the words, lists of tasks written as the self-instruct
     prompt writes them, and graded answers (task, answer, checks) in plain text. A real base model has
@@ -284,8 +273,11 @@ def pretraining_text(cfg: Config) -> list[dict]:
 DPO_FIELDS = ("prompt", "chosen", "rejected", "prompt_ids", "chosen_ids", "rejected_ids", "ref_chosen", "ref_rejected")
 
 
-def aift_iteration(model, tok, cfg: Config, t: int, data: dict, earlier_prompts: list[str], prompt_model, rubric):
-    """AIFT(M_t): self-instruction -> candidates -> judgments -> pairs -> DPO => M_{t+1}."""
+def aift_iteration(model, tok, cfg: Config, t: int, data: dict, earlier_prompts: list[str], prompt_model, rubric,
+                   forward=None):
+    """AIFT(M_t): self-instruction -> candidates -> judgments -> pairs -> DPO => M_{t+1}. forward() gives
+    M_t for the stages that only run forwards (forward_model), by default `model` itself."""
+    forward = forward or (lambda: model)
     d = os.path.join(cfg.run_dir, f"iter{t}")
     os.makedirs(d, exist_ok=True)
     stream = f"iter{t}"  # names the random streams of the iteration's stages
@@ -295,7 +287,7 @@ def aift_iteration(model, tok, cfg: Config, t: int, data: dict, earlier_prompts:
 
     def make_prompts():
         exclude = {r["prompt"].lower() for r in data["eval"]} | {g["instruction"].lower() for g in data["rm"]}
-        rows, stats = create_prompts(prompt_model if cfg.prompt_model == "base" else model, tok, cfg,
+        rows, stats = create_prompts(prompt_model if cfg.prompt_model == "base" else forward(), tok, cfg,
                                      [r["prompt"] for r in data["ift"]], earlier_prompts, f"{stream} prompts", exclude)
         if is_main():
             write_json(os.path.join(d, "prompt_stats.json"), stats)
@@ -304,7 +296,7 @@ def aift_iteration(model, tok, cfg: Config, t: int, data: dict, earlier_prompts:
     prompts = RUN.stage(os.path.join(d, "prompts.jsonl"), make_prompts, check=rundir.check_prompts)
 
     def make_candidates():
-        outs = respond(model, tok, cfg, [p["prompt"] for p in prompts], cfg.n_candidates, cfg.temperature,
+        outs = respond(forward(), tok, cfg, [p["prompt"] for p in prompts], cfg.n_candidates, cfg.temperature,
                        f"{stream} candidates", f"{mt} candidates")
         return [{"prompt": p["prompt"], "responses": o} for p, o in zip(prompts, outs)]
     candidates = RUN.stage(os.path.join(d, "candidates.jsonl"), make_candidates,
@@ -312,23 +304,23 @@ def aift_iteration(model, tok, cfg: Config, t: int, data: dict, earlier_prompts:
 
     def make_judgments():
         if cfg.pairs_from == "random":
-            return random_judgments(candidates, f"{cfg.seed}/{stream} judgments")
+            return J.random_judgments(candidates, E.stream_seed(cfg, f"{stream} judgments"))
         items = [(c["prompt"], r) for c in candidates for r in c["responses"]]
-        judged = E.judge_items(model, tok, cfg, items, rubric, f"{stream} judgments", f"{mt} judges")
+        judged = E.judge_items(forward(), tok, cfg, items, rubric, f"{stream} judgments", f"{mt} judges")
         index = [(i, k) for i, c in enumerate(candidates) for k in range(len(c["responses"]))]
         return [{"prompt_index": i, "candidate": k, **j} for (i, k), j in zip(index, judged)]
     judgments = RUN.stage(os.path.join(d, "judgments.jsonl"), make_judgments,
                           check=lambda rows: rundir.check_judgments(rows, candidates))
 
     def make_pairs():
-        pairs, stats = build_pairs(candidates, judgments)
+        pairs, stats = J.build_pairs(candidates, judgments)
         stats["parse_rate"] = J.parse_rate(judgments)
         if is_main():
             write_json(os.path.join(d, "pair_stats.json"), stats)
         log(f"pairs: {stats}")
         # Reference log-probs of M_t, computed once and stored with the pairs (Section 2.3: the reference
         # model is M_t); the policy then trains without a second model in memory, on the same token ids.
-        return dpo.compute_reference_logps(model, pairs, tokenizer=tok, max_len=max_len)
+        return dpo.compute_reference_logps(forward(), pairs, tokenizer=tok, max_len=max_len)
     pairs = RUN.stage(os.path.join(d, "pairs.jsonl"), make_pairs, check=lambda rows: rundir.check_pairs(rows, DPO_FIELDS))
     pair_stats = rundir.read_json(os.path.join(d, "pair_stats.json"))
 
@@ -340,9 +332,9 @@ def aift_iteration(model, tok, cfg: Config, t: int, data: dict, earlier_prompts:
                    lambda: sharding.save_final(model, out, tok))  # under FSDP: gathered to rank 0, which writes
         return model, [p["prompt"] for p in prompts], pair_stats, pairs
     steps = max(1, round(cfg.dpo_epochs * len(examples) / cfg.dpo_batch))
-    train_cfg = dpo.TrainConfig(mode="dpo", steps=steps, batch_size=cfg.dpo_batch, micro_batch_size=min(cfg.micro_batch, cfg.dpo_batch),
-                                lr=cfg.dpo_lr, min_lr=cfg.dpo_min_lr, beta=cfg.beta, rpo_alpha=cfg.rpo_alpha, dropout=cfg.dropout,
-                                seed=cfg.seed * 1000 + t * 100 + 4, log_every=max(steps // 5, 1), max_len=max_len)
+    train_cfg = train_config(cfg, "dpo", cfg.dpo_batch, steps=steps, lr=cfg.dpo_lr, min_lr=cfg.dpo_min_lr, beta=cfg.beta,
+                             rpo_alpha=cfg.rpo_alpha, dropout=cfg.dropout, seed=cfg.seed * 1000 + t * 100 + 4,
+                             log_every=max(steps // 5, 1), max_len=max_len)
     new_model = train_stage(cfg, f"M{t + 1}", model, examples, train_cfg, tok)
     return new_model, [p["prompt"] for p in prompts], pair_stats, pairs
 
@@ -418,44 +410,44 @@ def run(cfg: Config) -> dict:
 
     # M0: the toy base model, pretrained here (or the --init checkpoint, loaded above).
     if m0 is None:
-        pre_cfg = dpo.TrainConfig(mode="pretrain", steps=cfg.pretrain_steps, batch_size=cfg.pretrain_batch,
-                                  micro_batch_size=min(cfg.micro_batch, cfg.pretrain_batch), lr=cfg.pretrain_lr,
-                                  min_lr=cfg.pretrain_lr / 10, warmup=cfg.pretrain_steps // 20,
-                                  max_len=cfg.pretrain_seq_len, seed=cfg.seed,
-                                  doc_mask=False,  # documents end in EOS; plain causal attention is faster
-                                  log_every=max(cfg.pretrain_steps // 8, 1))
+        pre_cfg = train_config(cfg, "pretrain", cfg.pretrain_batch, steps=cfg.pretrain_steps, lr=cfg.pretrain_lr,
+                               min_lr=cfg.pretrain_lr / 10, warmup=cfg.pretrain_steps // 20,
+                               max_len=cfg.pretrain_seq_len, seed=cfg.seed,
+                               doc_mask=False,  # documents end in EOS; plain causal attention is faster
+                               log_every=max(cfg.pretrain_steps // 8, 1))
         m0 = train_stage(cfg, "M0", cfg.preset, pretraining_text(cfg), pre_cfg, tok)
 
     # M1 = SFT on IFT + EFT (EFT: the judge prompt -> a justification ending in "Score: k").
     eft = [J.eft_example(e["instruction"], e["response"], e["judgment"], rubric) for e in data["eft"]]
     sft_examples = [{"prompt": r["prompt"], "response": r["response"]} for r in data["ift"]] + eft
-    sft_cfg = dpo.TrainConfig(mode="sft", steps=cfg.sft_steps, batch_size=cfg.sft_batch,
-                              micro_batch_size=min(cfg.micro_batch, cfg.sft_batch), lr=cfg.sft_lr,
-                              min_lr=cfg.sft_min_lr, warmup=cfg.sft_steps // 20, seed=cfg.seed + 1, dropout=cfg.dropout,
-                              log_every=max(cfg.sft_steps // 10, 1), max_len=m0.args.max_seq_len)
+    sft_cfg = train_config(cfg, "sft", cfg.sft_batch, steps=cfg.sft_steps, lr=cfg.sft_lr,
+                           min_lr=cfg.sft_min_lr, warmup=cfg.sft_steps // 20, seed=cfg.seed + 1, dropout=cfg.dropout,
+                           log_every=max(cfg.sft_steps // 10, 1), max_len=m0.args.max_seq_len)
     model = train_stage(cfg, "M1", init or os.path.join(cfg.run_dir, "M0"), sft_examples, sft_cfg, tok)
 
-    def evaluate_stage(name, model, m1_responses=None, prev_responses=None):
+    def evaluate_stage(name, forward, m1_responses=None, prev_responses=None):
         return RUN.stage(os.path.join(cfg.run_dir, "eval", f"{name}.json"), lambda: E.evaluate_model(
-            model, tok, cfg, name, data, world, rubric, m1_responses, prev_responses, lambda: load_judge(cfg, tok)),
+            forward(), tok, cfg, name, data, world, rubric, m1_responses, prev_responses, lambda: load_judge(cfg, tok)),
             "json", check=lambda r: rundir.check_eval(r, name, len(data["eval"])))
 
-    baseline = [evaluate_stage("M0", m0)] if cfg.eval_m0 and init else []
-    results = [evaluate_stage("M1", model)]
+    baseline = [evaluate_stage("M0", lambda: m0)] if cfg.eval_m0 and init else []
+    forward = forward_model(cfg, os.path.join(cfg.run_dir, "M1"), model)
+    results = [evaluate_stage("M1", forward)]
     m1_responses = results[0]["responses"]
-    mtbench(cfg, model, tok, "M1")
+    mtbench(cfg, forward, tok, "M1")
     earlier, iteration_stats = [], []
     for t in range(1, cfg.iterations + 1):
-        model, new_prompts, pair_stats, pairs = aift_iteration(model, tok, cfg, t, data, earlier, m0, rubric)
+        model, new_prompts, pair_stats, pairs = aift_iteration(model, tok, cfg, t, data, earlier, m0, rubric, forward)
+        forward = forward_model(cfg, os.path.join(cfg.run_dir, f"M{t + 1}"), model)
         earlier += new_prompts
         truth = E.pair_truth(pairs, world)
         if truth is not None:
             pair_stats["truth"] = truth
             pair_stats["chosen_truly_better"] = truth["better"] / truth["graded"] if truth["graded"] else None
         iteration_stats.append(pair_stats)
-        results.append(evaluate_stage(f"M{t + 1}", model, m1_responses, results[-1]["responses"]))
+        results.append(evaluate_stage(f"M{t + 1}", forward, m1_responses, results[-1]["responses"]))
     if cfg.iterations:
-        mtbench(cfg, model, tok, f"M{cfg.iterations + 1}")
+        mtbench(cfg, forward, tok, f"M{cfg.iterations + 1}")
     return E.report(cfg, world, baseline + results, iteration_stats, seed_metrics, RUN.stage_seconds(), RUN.timings)
 
 
@@ -465,7 +457,7 @@ def load_judge(cfg: Config, tok):
     return model.eval(), judge_tok or tok
 
 
-def mtbench(cfg: Config, model, tok, name: str):
+def mtbench(cfg: Config, forward, tok, name: str):
     """MT-Bench's 80 questions, both turns, answered by `name` and saved in FastChat's format
     (run_dir/mtbench/name.jsonl), for judging elsewhere with a strong judge."""
     if not cfg.mtbench:
@@ -473,10 +465,11 @@ def mtbench(cfg: Config, model, tok, name: str):
     os.makedirs(os.path.join(cfg.run_dir, "mtbench"), exist_ok=True)
     model_id = f"{os.path.basename(os.path.normpath(cfg.run_dir))}-{name}"
     RUN.stage(os.path.join(cfg.run_dir, "mtbench", f"{name}.jsonl"),
-          lambda: E.mtbench_answers(model, tok, cfg, model_id, D.read_mtbench()))
+          lambda: E.mtbench_answers(forward(), tok, cfg, model_id, D.read_mtbench()))
 
 
-CHOICES = {"world": ("auto", "toy", "real", "none"), "pairs_from": ("judge", "random"), "prompt_model": ("base", "current")}
+CHOICES = {"world": ("auto", "toy", "real", "none"), "pairs_from": ("judge", "random"), "prompt_model": ("base", "current"),
+           "generation_layout": ("auto", "fsdp", "tp")}
 
 
 def field_help() -> dict:
@@ -575,6 +568,10 @@ def validate(cfg: Config):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if "--plan" in argv:  # the memory plan of a model at scale (plan.py); it runs nothing
+        import plan
+        return plan.main([a for a in argv if a != "--plan"])
     cfg = parse_args(argv)
     try:
         run(cfg)

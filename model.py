@@ -22,6 +22,7 @@ from dataclasses import dataclass, fields
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 
@@ -283,6 +284,7 @@ class Transformer(nn.Module):
             raise ValueError("ModelArgs.vocab_size is unset (-1): take it from the tokenizer or checkpoint")
         self.args = args
         self.attn_impl = "auto"  # "auto" | "flex" | "sdpa"; see attention_mask
+        self.checkpoint_blocks = False  # activation checkpointing in training (hidden)
         self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
         self.layers = nn.ModuleList(TransformerBlock(args) for _ in range(args.n_layers))
         self.norm = RMSNorm(args.dim, args.norm_eps)
@@ -337,8 +339,8 @@ class Transformer(nn.Module):
         dtype, device = dtype or p.dtype, torch.device(device or p.device)
         if max_len > self.args.max_seq_len:
             raise ValueError(f"cache length {max_len} exceeds max_seq_len {self.args.max_seq_len}")
-        shape = (batch, self.args.n_kv_heads, max_len, self.args.head_dim)
-        for layer in self.layers:
+        for layer in self.layers:  # the layer's own heads: a tensor-parallel rank holds a share of them
+            shape = (batch, layer.attention.n_kv_heads, max_len, self.args.head_dim)
             layer.attention.cache = KVCache(torch.zeros(shape, dtype=dtype, device=device),
                                             torch.zeros(shape, dtype=dtype, device=device))
 
@@ -398,7 +400,13 @@ class Transformer(nn.Module):
         h = self.tok_embeddings(tokens)  # (B, T, dim)
         kvs = []
         for i, layer in enumerate(self.layers):
-            h, kv = layer(h, cos, sin, mask, start, None if past is None else past[i])
+            inputs = (h, cos, sin, mask, start, None if past is None else past[i])
+            if self.checkpoint_blocks and torch.is_grad_enabled():
+                # Activation checkpointing: keep each block's input, run the block again in the backward
+                # (the same dropout masks: checkpoint restores the RNG state), ~1/3 more compute.
+                h, kv = torch.utils.checkpoint.checkpoint(layer, *inputs, use_reentrant=False)
+            else:
+                h, kv = layer(*inputs)
             kvs.append(kv)
         return h, kvs
 

@@ -33,7 +33,8 @@ GROUPS = {
     "M0": ("init", "preset", "device", "micro_batch", "pretrain_steps", "pretrain_lr", "pretrain_batch", "pretrain_seq_len",
            "pretrain_chars", "pretrain_task_lists", "pretrain_graded"),
     "sft": ("judge_prompt", "sft_steps", "sft_lr", "sft_min_lr", "sft_batch", "dropout"),
-    "sampling": ("temperature", "top_p", "compile", "judge_samples", "max_response_tokens", "max_judge_tokens"),
+    "sampling": ("temperature", "top_p", "compile", "judge_samples", "max_response_tokens", "max_judge_tokens",
+                 "generation_layout"),
     "eval": ("eval_greedy", "h2h_judge"),
     "prompts": ("n_prompts", "prompt_model", "prompt_temperature", "max_prompt_tokens", "rouge_threshold"),
     "candidates": ("n_candidates",),
@@ -41,7 +42,8 @@ GROUPS = {
     "dpo": ("dpo_epochs", "dpo_lr", "dpo_min_lr", "dpo_batch", "beta", "rpo_alpha"),
     "mtbench": ("mtbench_tokens",),
 }
-HARMLESS = ("run_dir", "threads", "batch_size", "iterations", "eval_m0", "mtbench", "redo_from")
+HARMLESS = ("run_dir", "threads", "batch_size", "iterations", "eval_m0", "mtbench", "redo_from",
+            "activation_checkpointing")
 _MODEL_GROUPS = {0: ("data", "M0"), 1: ("data", "M0", "sft")}
 _AIFT = ("data", "M0", "sft", "sampling", "prompts", "candidates", "judgments")
 

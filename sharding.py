@@ -1,20 +1,26 @@
-"""Models for training and the stages around it: loaded, sharded with FSDP2 under torchrun, and saved.
+"""Models for training and the stages around it: loaded, sharded with FSDP2 or laid out for tensor
+parallelism under torchrun, and saved.
 
-    model, tok = load_for_training(ckpt, device)   # plain in one process, FSDP2-sharded under torchrun
-    save_final(model, out, tok)                     # Meta layout; under FSDP gathered to rank 0 first
+    model, tok = load_for_training(ckpt, device)    # plain in one process, FSDP2-sharded under torchrun
+    model, tok = load_for_generation(ckpt, device)  # tensor-parallel under torchrun, for forwards only
+    save_final(model, out, tok)                      # Meta layout; under FSDP gathered to rank 0 first
 
-FSDP2 as torchtitan does it: each TransformerBlock is a unit, then the root takes the rest.
+FSDP2 as torchtitan does it: each TransformerBlock is a unit, then the root takes the rest. Tensor
+parallelism through DTensor's parallelize_module, as gpt-fast's tp.py and torchtitan lay it out. Either
+way the model is built on the meta device, laid out, and each rank then reads its own slice of each
+weight from the checkpoint (load_sharded): no rank holds the whole model.
 
-Imports: torch (FSDP2, distributed state dicts); from the project checkpoint.py (reading and writing
-weights), model.py (building a preset on the meta device) and common.py (the rank).
+Imports: torch (FSDP2, DTensor, distributed state dicts); from the project checkpoint.py (reading and
+writing weights, slice by slice), model.py (the model on the meta device) and common.py (rank, log).
 """
 import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+from torch.distributed.tensor import DTensor
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
-from checkpoint import build_from_state_dict, load_model, save_checkpoint
-from common import barrier, rank_world
+from checkpoint import build_from_state_dict, lazy_weights, load_model, load_tokenizer, save_checkpoint
+from common import barrier, log, rank_world
 from model import PRESETS, Transformer, preset
 
 
@@ -35,10 +41,60 @@ def shard_model(model: Transformer, device: torch.device):
     return model
 
 
+def tensor_parallel(model: Transformer, device: torch.device):
+    """Megatron's tensor parallelism through DTensor, as gpt-fast's tp.py and torchtitan lay it out:
+    wq/wk/wv and w1/w3 split by output rows (column-wise), wo and w2 by input columns (row-wise), so each
+    rank keeps its own heads and its slice of the MLP, and each block costs two all-reduces (after wo
+    and after w2) of the (B, T, dim) activations. Embedding, norms and output stay whole on every rank.
+    Every rank then runs the same batch: generate_many and score_examples read model.tensor_parallel
+    and split no rows across the ranks."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+    tp = dist.get_world_size()
+    if not tp_divides(model.args, tp):
+        a = model.args
+        raise ValueError(f"tensor parallelism over {tp} ranks needs n_heads ({a.n_heads}), n_kv_heads "
+                         f"({a.n_kv_heads}) and hidden_dim ({a.hidden_dim}) divisible by {tp}")
+    mesh = init_device_mesh(device.type, (tp,))
+    plan = {"attention.wq": ColwiseParallel(), "attention.wk": ColwiseParallel(), "attention.wv": ColwiseParallel(),
+            "attention.wo": RowwiseParallel(), "feed_forward.w1": ColwiseParallel(),
+            "feed_forward.w3": ColwiseParallel(), "feed_forward.w2": RowwiseParallel()}
+    for layer in model.layers:
+        parallelize_module(layer, mesh, plan)
+        layer.attention.n_heads //= tp  # the views in Attention.forward see this rank's heads only
+        layer.attention.n_kv_heads //= tp
+    model.tensor_parallel = tp
+    return model
+
+
+def tp_divides(a, tp: int) -> bool:
+    """Whether each rank gets whole heads and an equal share of the MLP (DTensor's from_local, which the
+    row-wise layers use, takes equal shards)."""
+    return not (a.n_heads % tp or a.n_kv_heads % tp or a.hidden_dim % tp)
+
+
+def load_for_generation(ckpt: str, device):
+    """(model, tokenizer) for the stages that only run forwards (sampling, judging, reference log-probs):
+    under torchrun, tensor-parallel (tensor_parallel), loaded slice by slice from the checkpoint, so the
+    weights move into this layout once per stage, not once per token as FSDP's all-gathers would. A
+    model that the ranks do not divide (tp_divides), a preset or a GGUF, goes to load_for_training."""
+    device = torch.device(device)
+    world = rank_world()[1]
+    if world == 1 or ckpt in PRESETS or ckpt.endswith(".gguf"):
+        return load_for_training(ckpt, device)
+    if not tp_divides(lazy_weights(ckpt).args, world):
+        log(f"{ckpt}: the heads or the MLP do not divide by {world} ranks; generating on the FSDP shards")
+        return load_for_training(ckpt, device)
+    log(f"{ckpt}: loaded tensor-parallel over {world} ranks for the forward-only stages")
+    return load_sharded(ckpt, device, tensor_parallel), load_tokenizer(ckpt)
+
+
 def load_for_training(ckpt: str, device, seed: int = 0):
-    """(model, tokenizer) in fp32 master weights. Under torch.distributed: a preset is built on the meta
-    device, sharded, then initialised shard by shard (no rank ever holds the whole model); a checkpoint
-    is mmap-loaded by every rank (the OS shares the pages) and then sharded."""
+    """(model, tokenizer) in fp32 master weights. Under torch.distributed the model is FSDP2-sharded and
+    no rank ever holds all of it: a preset is built on the meta device, sharded, then initialised shard
+    by shard; a Meta or Hugging Face folder is loaded shard by shard (load_sharded). A GGUF, whose
+    quantized blocks have no row-wise reader, is loaded whole on each rank (the OS shares its mapped
+    pages) and then sharded."""
     device = torch.device(device)
     if rank_world()[1] == 1:
         return load_model(ckpt, device=device, seed=seed)
@@ -49,8 +105,46 @@ def load_for_training(ckpt: str, device, seed: int = 0):
         model.to_empty(device=device)
         model.init_weights(seed=seed)  # DTensor RNG: values differ from a 1-process init of the same seed
         return model, None
-    model, tok = load_model(ckpt, device="cpu")
-    return shard_model(model, device), tok
+    if ckpt.endswith(".gguf"):
+        model, tok = load_model(ckpt, device="cpu")
+        return shard_model(model, device), tok
+    return load_sharded(ckpt, device, shard_model), load_tokenizer(ckpt)
+
+
+def load_sharded(ckpt: str, device, parallelize) -> Transformer:
+    """Build the model on the meta device, lay it out with parallelize(model, device) (shard_model for
+    FSDP2, tensor_parallel for TP), then fill each rank's own slice of each weight from the checkpoint
+    (checkpoint.lazy_weights: a Hugging Face folder reads just those bytes, a Meta folder maps its
+    shards and touches just those pages), cast to fp32 slice by slice."""
+    weights = lazy_weights(ckpt)
+    with torch.device("meta"):
+        model = Transformer(weights.args)
+    parallelize(model, torch.device(device))
+    model.to_empty(device=device)
+    with torch.no_grad():
+        for name, p in model.named_parameters():  # a tied output is the embedding: filled once
+            local, dim, start, stop = local_slice(p)
+            src = weights.part(name, dim, start, stop) if dim is not None else weights.part(name, 0, 0, p.shape[0])
+            if tuple(src.shape) != tuple(local.shape):
+                raise ValueError(f"{weights.source}: {name} slice {start}:{stop} on dim {dim} has shape "
+                                 f"{tuple(src.shape)}, the model's shard {tuple(local.shape)}")
+            local.copy_(src)
+    model.init_rope()
+    return model
+
+
+def local_slice(p):
+    """(this rank's tensor of p, dim, start, stop): the slice of the full weight it holds, dim None if all
+    of it. DTensor's Shard(d) on a 1-D mesh splits as torch.chunk does: ceil(n / ranks) rows each."""
+    if not isinstance(p, DTensor):
+        return p, None, 0, p.shape[0]
+    (placement,) = p.placements
+    if not placement.is_shard():
+        return p.to_local(), None, 0, p.shape[0]
+    dim, n = placement.dim, p.shape[placement.dim]
+    size = -(-n // p.device_mesh.size())
+    start = min(p.device_mesh.get_local_rank() * size, n)
+    return p.to_local(), dim, start, min(start + size, n)
 
 
 def full_state(model, opt=None):

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import evaluation as E
+import judge
 import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,16 +39,16 @@ def test_build_pairs_max_vs_min_ties_and_unscored():
               {"prompt_index": 0, "candidate": 2, "score": None}, {"prompt_index": 0, "candidate": 3, "score": 1.0},
               {"prompt_index": 1, "candidate": 0, "score": 2.0}, {"prompt_index": 1, "candidate": 1, "score": 2.0},
               {"prompt_index": 2, "candidate": 0, "score": 5.0}, {"prompt_index": 2, "candidate": 1, "score": None}]
-    pairs, stats = loop.build_pairs(cands, judged)
+    pairs, stats = judge.build_pairs(cands, judged)
     assert pairs == [{"prompt": "p0", "chosen": "b", "rejected": "d", "chosen_score": 4.5, "rejected_score": 1.0}]
     assert stats == {"prompts": 3, "ties": 1, "unscored": 1, "pairs": 1}
 
 
 def test_random_control_pairs_are_distinct_random_candidates():
     cands = [{"prompt": f"p{i}", "responses": [f"r{i}.{k}" for k in range(4)]} for i in range(200)]
-    judged = loop.random_judgments(cands, seed=0)
-    assert judged == loop.random_judgments(cands, seed=0)  # seeded
-    pairs, stats = loop.build_pairs(cands, judged)
+    judged = judge.random_judgments(cands, seed=0)
+    assert judged == judge.random_judgments(cands, seed=0)  # seeded
+    pairs, stats = judge.build_pairs(cands, judged)
     assert stats["pairs"] == 200 and stats["ties"] == 0
     assert all(p["chosen"] != p["rejected"] for p in pairs)
     chosen = [int(p["chosen"].split(".")[1]) for p in pairs]
@@ -207,6 +208,41 @@ def test_two_rank_torchrun_samples_and_trains_what_one_process_does(straight, tm
     two = torch.load(run / "M2" / "consolidated.00.pth", weights_only=True)
     for k in one:
         torch.testing.assert_close(two[k], one[k], atol=1e-6, rtol=0)
+
+
+def test_two_rank_tensor_parallel_generation_samples_nearly_what_one_process_does(straight, tmp_path, capsys):
+    """--generation-layout tp under torchrun: M1's forward-only stages (candidates, judging, reference
+    log-probs, evaluation) run on M1 loaded tensor-parallel, and DPO on FSDP2 as before. Each block's
+    two all-reduces add the same products in another order, so log-probs differ by float rounding and a
+    sampled token may flip where a draw falls within that rounding of a token boundary; the data that
+    comes before any TP forward (self-instruction runs on M0) is identical."""
+    run = tmp_path / "tp"
+    run.mkdir()
+    for f in ("data", "M0", "M1"):
+        shutil.copytree(straight / f, run / f)
+    shutil.copy(straight / "stages.json", run / "stages.json")
+    p = _run(run, ["--generation-layout", "tp"], ranks=2)
+    out, _ = p.communicate(timeout=600)
+    assert p.returncode == 0, out[-3000:]
+    assert "tensor-parallel" in out
+    assert (run / "iter1" / "prompts.jsonl").read_bytes() == (straight / "iter1" / "prompts.jsonl").read_bytes()
+    one, two = (json.load(open(d / "eval" / "M1.json")) for d in (straight, run))
+    assert sum(a == b for a, b in zip(one["responses"], two["responses"])) >= 20
+    cands = [[json.loads(line)["responses"] for line in open(d / "iter1" / "candidates.jsonl")] for d in (straight, run)]
+    assert sum(a == b for a, b in zip(*cands)) >= 0.8 * len(cands[0])
+    pairs = [{(r["prompt"], r["chosen"], r["rejected"]): r for r in map(json.loads, open(d / "iter1" / "pairs.jsonl"))}
+             for d in (straight, run)]
+    same = set(pairs[0]) & set(pairs[1])
+    assert len(same) >= 0.7 * len(pairs[0])
+    for k in same:  # the reference log-probs of the same pair: rounding apart
+        assert pairs[1][k]["ref_chosen"] == pytest.approx(pairs[0][k]["ref_chosen"], rel=1e-5, abs=1e-4)
+        assert pairs[1][k]["ref_rejected"] == pytest.approx(pairs[0][k]["ref_rejected"], rel=1e-5, abs=1e-4)
+    assert [r["model"] for r in _final(run)[0]] == ["M1", "M2"]
+    with capsys.disabled():
+        print(f"\n  TP against 1 process: M1 eval responses {sum(a == b for a, b in zip(one['responses'], two['responses']))}"
+              f"/{len(one['responses'])} same, candidate sets {sum(a == b for a, b in zip(*cands))}/{len(cands[0])}, "
+              f"pairs {len(same)}/{len(pairs[0])}, max ref log-prob difference "
+              f"{max([abs(pairs[1][k][f] - pairs[0][k][f]) for k in same for f in ('ref_chosen', 'ref_rejected')], default=0):.2e}")
 
 
 def test_two_rank_torchrun_loop_from_scratch_stays_within_fp_order(straight, tmp_path):
