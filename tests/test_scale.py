@@ -119,7 +119,7 @@ def _load_worker(rank, world, tmp):
         dist.destroy_process_group()
 
 
-def test_two_ranks_load_their_shards_and_decode_tensor_parallel(tmp_path):
+def test_two_ranks_load_their_shards_and_decode_tensor_parallel(tmp_path, capsys):
     m = known_model(**ODD)
     write_hf_folder(m, str(tmp_path / "hf"), torch.bfloat16, shards=2, arch="Qwen2ForCausalLM")
     write_meta_shards(m.to(torch.bfloat16).float(), str(tmp_path / "meta"))
@@ -133,6 +133,8 @@ def test_two_ranks_load_their_shards_and_decode_tensor_parallel(tmp_path):
         assert r["tokens"], "tensor-parallel greedy tokens differ from one process"
         assert r["logit_diff"] < 1e-5, r["logit_diff"]
         assert r["ac_grad_diff"] == 0.0, r["ac_grad_diff"]  # the recomputed forward is the same computation
+    with capsys.disabled():
+        print(f"\n  TP on 2 ranks against 1 process: greedy tokens equal, max |logit difference| {r['logit_diff']:.1e}")
 
 
 MEM_ARGS = dict(dim=1024, n_layers=4, n_heads=8, n_kv_heads=8, vocab_size=16384, hidden_dim=2816,
