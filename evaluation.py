@@ -14,14 +14,18 @@ and says so: the model's own judge scores of its answers, a head-to-head against
 sees both answers in both orders, the judge's agreement with rm.jsonl's reference scores if there is one,
 lengths and parse rates.
 
-Imports: generate.py (sampling), judge.py (judging and its metrics), data.py (FastChat's
-answer format), common.py (atomic writes, rank and log); matplotlib for the plot, if installed.
+Imports: generate.py (sampling), judge.py (judging and its metrics), packing.py (the teacher-forced
+forward of the sampling entropy), data.py (FastChat's answer format), common.py (atomic writes, rank and
+log); torch; matplotlib for the plot, if installed.
 """
 import os
+
+import torch
 
 import data as D
 import generate
 import judge as J
+import packing
 from common import atomic_write, atomic_write_text, barrier, is_main, log, write_json
 
 
@@ -43,6 +47,39 @@ def stream_seed(cfg, stream: str) -> str:
     """The seed of one named random stream of a run (a stage's sampling, its prompt choice, ...): streams
     are named, not offset, so adding a stage moves no other stage's draws."""
     return f"{cfg.seed}/{stream}"
+
+
+def distinct_n(texts: list[str], n: int) -> float:
+    """Distinct-n (Li et al. 2016): distinct word n-grams over all n-grams of the texts (lower-cased)."""
+    grams = [tuple(w[i:i + n]) for w in (t.lower().split() for t in texts) for i in range(len(w) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def diversity(responses: list[str], candidate_sets: list[list[str]]) -> dict:
+    """The collapse question's numbers: distinct-1/2 and the unique fraction of the responses to the
+    held-out prompts (one each), and the mean pairwise ROUGE-L among the candidates sampled for one prompt
+    (1 = every candidate the same)."""
+    pairs = [rouge_l(a, b) for c in candidate_sets for i, a in enumerate(c) for b in c[i + 1:]]
+    return {"distinct_1": distinct_n(responses, 1), "distinct_2": distinct_n(responses, 2),
+            "unique": len(set(responses)) / len(responses) if responses else 0.0,
+            "candidate_rouge_l": sum(pairs) / len(pairs) if pairs else None}
+
+
+def sampling_entropy(model, tok, prompts: list[str], responses: list[str], temperature: float,
+                     micro_batch: int = 16) -> float:
+    """Mean entropy (nats) of the distribution each response token was sampled from, softmax(logits / T)
+    before top-p, teacher-forced over the responses. Every rank scores every row, so under torchrun the
+    ranks run the same forwards."""
+    rows = packing.prepare([{"prompt": p, "response": r} for p, r in zip(prompts, responses)], "sft", tok,
+                           model.args.max_seq_len)
+    device, total, count = next(model.parameters()).device, 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(rows), micro_batch):
+            logits = packing.scored_logits(model, rows[i:i + micro_batch], "sft", device)[0]
+            logp = (logits.float() / max(temperature, 1e-6)).log_softmax(-1)
+            total += float(-(logp.exp() * logp).sum())
+            count += logits.shape[0]
+    return total / max(count, 1)
 
 
 def sampling(cfg, temperature: float, stream: str) -> dict:
@@ -90,6 +127,11 @@ def evaluate_model(model, tok, cfg, name: str, data: dict, world, rubric, m1_res
             res["quality_greedy"] = world.metrics(data["eval"], greedy)["quality"]
     res.update(mean_response_words=sum(len(r.split()) for r in sampled) / len(sampled),
                mean_response_tokens=sum(len(tok.encode(r)) for r in sampled) / len(sampled), responses=sampled)
+    if cfg.n_diversity:  # N candidates for some held-out prompts, as AIFT samples them, for their similarity
+        sets = respond(model, tok, cfg, prompts[:cfg.n_diversity], cfg.n_candidates, cfg.temperature,
+                       "eval diversity", f"{name} candidates for diversity")
+        res["diversity"] = diversity(sampled, sets)
+        res["entropy"] = sampling_entropy(model, tok, prompts, sampled, cfg.temperature)
     if world is not None:
         true = [world.score(row, r) for row, r in zip(data["eval"], sampled)]
         for key, other in (("vs_M1", m1_responses), ("vs_prev", prev_responses)):
@@ -123,7 +165,8 @@ def judge_metrics(model, tok, cfg, name: str, rm: list[dict], rubric) -> dict:
         n = len(g["responses"])
         groups.append(([j["score"] for j in judged[k:k + n]], g["scores"]))
         k += n
-    return {**J.reward_model_metrics(groups), "parse_rate": J.parse_rate(judged)}
+    return {**J.reward_model_metrics(groups), "parse_rate": J.parse_rate(judged),
+            "score_histogram": J.score_histogram(judged)}
 
 
 def no_truth_metrics(model, tok, cfg, name, prompts, sampled, rubric, m1_responses, fixed_judge) -> dict:
@@ -248,6 +291,24 @@ def rates_table(results: list[dict], key: str, title: str) -> str:
     return f"{title}:\n\n" + _markdown(["model", *names], rows)
 
 
+def diversity_table(results: list[dict]) -> str:
+    """Collapse, measured: diversity and entropy of each model's samples, and what scores its judge gives."""
+    rows = []
+    for r in results:
+        d, h = r.get("diversity"), r.get("judge", {}).get("score_histogram")
+        if d is None:
+            continue
+        rouge = "-" if d["candidate_rouge_l"] is None else f"{d['candidate_rouge_l']:.3f}"
+        hist = " / ".join(str(h[k]) for k in ("0", "1", "2", "3", "4", "5", "none")) if h else "-"
+        rows.append([r["model"], f"{d['distinct_1']:.3f}", f"{d['distinct_2']:.3f}", f"{100 * d['unique']:.1f}",
+                     rouge, f"{r['entropy']:.3f}", hist])
+    if not rows:
+        return ""
+    head = ["model", "distinct-1", "distinct-2", "unique responses %", "candidates' pairwise ROUGE-L",
+            "sampling entropy (nats/token)", "judge scores 0/1/2/3/4/5/unparsed (RM set)"]
+    return "Diversity, entropy and the judge's score histogram:\n\n" + _markdown(head, rows)
+
+
 def timings_table(timings: dict) -> str:
     rows = [[stage, f"{t['seconds']:.0f}", str(t.get("new_tokens", "-")),
              f"{t['new_tokens'] / t['generate_seconds']:.0f}" if t.get("generate_seconds") else "-"]
@@ -276,8 +337,12 @@ def report(cfg, world, results: list[dict], iteration_stats: list[dict], seed_me
                      f"instruction-level {100 * seed_metrics['instruction_acc']:.1f}%.")
             table = real_table(results, iteration_stats) + "\n" + rates_table(results, "check_rates", "Pass rate per instruction type (sampled responses)")
     rm = f"RM set: {cfg.n_rm} prompts × 4 responses. " if world is not None else ""
+    if cfg.pairs_from != "judge":
+        title += f" — CONTROL: pairs from {cfg.pairs_from}, not the judge (not the method)"
     md = (f"# Self-rewarding loop on {title} (seed {cfg.seed})\n\n{intro} Held-out prompts: {results[0]['n_eval']}; "
           f"{rm}Wall time of its stages {wall / 60:.1f} min (summed over every process that worked on this run).\n\n{table}")
+    if diversity_table(results):
+        md += "\n" + diversity_table(results)
     if world is not None and world.NAME != "toy" or timings:
         md += "\n" + timings_table(timings)
     summary = {"config": {k: v for k, v in vars(cfg).items()}, "seed_metrics": seed_metrics, "wall_seconds": wall,
@@ -307,6 +372,9 @@ def plot(cfg, results: list[dict], seed_metrics):
     if "judge" in results[0]:
         series["judge pairwise acc"] = [r["judge"]["pairwise_accuracy"] for r in results]
         series["judge parse rate"] = [r["judge"]["parse_rate"] for r in results]
+    if all("diversity" in r for r in results):
+        series["distinct-2"] = [r["diversity"]["distinct_2"] for r in results]
+        series["candidates' pairwise ROUGE-L"] = [r["diversity"]["candidate_rouge_l"] or 0 for r in results]
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, ys in series.items():
         ax.plot(names, ys, marker="o", label=label)

@@ -4,7 +4,7 @@ Section 2 / Figure 2 of the paper: the model judges a response with an additive 
 prompt, justifies briefly and ends with "Score: k". Fig. 2 is the default rubric; any other is a
 template file with {instruction} and {response} slots (rubrics/: safety, instruction_following),
 checked when it is loaded. At the end, the preference pairs the judgments make (Section 3.3 step 4:
-the best-scored candidate against the worst) and the --pairs-from random control.
+the best-scored candidate against the worst) and the --pairs-from random and oracle controls.
 
 Imports: the standard library only (generate.py, lazily, for judging with a model).
 """
@@ -323,6 +323,16 @@ def reward_model_metrics(groups) -> dict:
     }
 
 
+def score_histogram(judged: list[dict]) -> dict:
+    """How often each score was given, over every sampled judgment ({"0": n, ..., "5": n, "none": n}),
+    a fractional score counted at its rounded-down point."""
+    hist = {str(k): 0 for k in range(6)} | {"none": 0}
+    for j in judged:
+        for s in j.get("scores") or [None]:
+            hist["none" if s is None else str(min(5, max(0, int(s))))] += 1
+    return hist
+
+
 # ----------------------------------------------------------------------------- pairs (Section 3.3 step 4)
 
 def build_pairs(candidates: list[dict], judgments: list[dict]) -> tuple[list[dict], dict]:
@@ -355,3 +365,11 @@ def random_judgments(candidates: list[dict], seed) -> list[dict]:
     return [{"prompt_index": i, "candidate": k, "score": float(s), "scores": [float(s)], "raw": []}
             for i, c in enumerate(candidates)
             for k, s in enumerate(rng.sample(range(len(c["responses"])), len(c["responses"])))]
+
+
+def oracle_judgments(candidates: list[dict], score_text) -> list[dict]:
+    """The --pairs-from oracle control: the world's true score (score_text(prompt, response), None where
+    the prompt cannot be graded) in place of the judge's, so build_pairs pairs the truly best candidate
+    with the truly worst. Not the method: it bounds what a perfect judge would buy."""
+    return [{"prompt_index": i, "candidate": k, "score": s, "scores": [s], "raw": []}
+            for i, c in enumerate(candidates) for k, s in enumerate(score_text(c["prompt"], r) for r in c["responses"])]

@@ -102,8 +102,9 @@ class Config:
     judge_samples: int = 3
     max_response_tokens: int = 48
     max_judge_tokens: int = 80
-    pairs_from: str = "judge"  # "random": a control, not the method; a random candidate is chosen over
-    # another, with no judging, to show how much of the gain comes from the judge rather than from DPO itself
+    pairs_from: str = "judge"  # "random" and "oracle" are controls, not the method: a random candidate is
+    # chosen over another, with no judging (what DPO gains without a judge), or the truly best over the truly
+    # worst by the world's ground truth (what a perfect judge would buy)
     dpo_epochs: float = 1.0
     dpo_lr: float = 3e-5  # higher over-optimised the toy: responses collapsed (README, Measured figures)
     dpo_min_lr: float = 3e-6
@@ -122,6 +123,8 @@ class Config:
     n_eval: int = 400  # held-out prompts; with far fewer, the models' differences drown in sampling noise
     n_rm: int = 100  # held-out reward-modelling prompts, each with 4 responses of differing true score
     eval_greedy: bool = True  # also greedy quality (a second pass over the held-out prompts)
+    n_diversity: int = 100  # held-out prompts that also get n_candidates samples each, whose pairwise ROUGE-L
+    # measures collapse beside distinct-n and the sampling entropy; 0 = none of these
     eval_m0: bool = False  # also evaluate M0 (an --init model, e.g. an instruct model), the baseline that
     # SFT and every round must beat; the toy's M0 is a base model that has never seen the chat format
     h2h_judge: str = ""  # without a ground truth: the fixed head-to-head judge ("" = this run's M1)
@@ -136,7 +139,8 @@ class Config:
 REAL_DEFAULTS = dict(run_dir="runs/real-seed0", n_ift=192, n_eft=192, sft_steps=48, sft_lr=5e-5, sft_min_lr=5e-6,
                      sft_batch=8, dropout=0.0, n_prompts=96, max_prompt_tokens=96, n_eval=300, n_rm=50,
                      max_response_tokens=160, max_judge_tokens=64, dpo_lr=5e-6, dpo_min_lr=5e-7, dpo_batch=8,
-                     iterations=2, eval_greedy=False, eval_m0=True, mtbench=True, mtbench_tokens=128, batch_size=64)
+                     iterations=2, eval_greedy=False, eval_m0=True, mtbench=True, mtbench_tokens=128, batch_size=64,
+                     n_diversity=48)
 NONE_DEFAULTS = dict(run_dir="runs/data-seed0", dropout=0.0, eval_greedy=False, eval_m0=True, mtbench=True, batch_size=64,
                      max_response_tokens=256, max_judge_tokens=128, sft_lr=5.5e-6, sft_min_lr=1.1e-6, sft_batch=16,
                      dpo_lr=1e-6, dpo_min_lr=1e-7)
@@ -305,6 +309,8 @@ def aift_iteration(model, tok, cfg: Config, t: int, data: dict, earlier_prompts:
     def make_judgments():
         if cfg.pairs_from == "random":
             return J.random_judgments(candidates, E.stream_seed(cfg, f"{stream} judgments"))
+        if cfg.pairs_from == "oracle":
+            return J.oracle_judgments(candidates, load_world(cfg).score_text)
         items = [(c["prompt"], r) for c in candidates for r in c["responses"]]
         judged = E.judge_items(forward(), tok, cfg, items, rubric, f"{stream} judgments", f"{mt} judges")
         index = [(i, k) for i, c in enumerate(candidates) for k in range(len(c["responses"]))]
@@ -468,7 +474,7 @@ def mtbench(cfg: Config, forward, tok, name: str):
           lambda: E.mtbench_answers(forward(), tok, cfg, model_id, D.read_mtbench()))
 
 
-CHOICES = {"world": ("auto", "toy", "real", "none"), "pairs_from": ("judge", "random"), "prompt_model": ("base", "current"),
+CHOICES = {"world": ("auto", "toy", "real", "none"), "pairs_from": ("judge", "random", "oracle"), "prompt_model": ("base", "current"),
            "generation_layout": ("auto", "fsdp", "tp")}
 
 
@@ -551,6 +557,8 @@ def validate(cfg: Config):
         raise ValueError("--world none needs --data DIR (data.py's contract: ift, eft, eval and optionally rm .jsonl)")
     if cfg.world == "auto":
         raise ValueError("--world auto is for the command line (toy, or none with --data): pass toy, real or none")
+    if cfg.pairs_from == "oracle" and cfg.world == "none":
+        raise ValueError("--pairs-from oracle picks pairs by the ground truth: it needs --world toy or real")
     for name, allowed in CHOICES.items():
         if getattr(cfg, name) not in allowed:
             raise ValueError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, not {getattr(cfg, name)!r}")

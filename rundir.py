@@ -35,7 +35,7 @@ GROUPS = {
     "sft": ("judge_prompt", "sft_steps", "sft_lr", "sft_min_lr", "sft_batch", "dropout"),
     "sampling": ("temperature", "top_p", "compile", "judge_samples", "max_response_tokens", "max_judge_tokens",
                  "generation_layout"),
-    "eval": ("eval_greedy", "h2h_judge"),
+    "eval": ("eval_greedy", "h2h_judge", "n_diversity"),
     "prompts": ("n_prompts", "prompt_model", "prompt_temperature", "max_prompt_tokens", "rouge_threshold"),
     "candidates": ("n_candidates",),
     "judgments": ("pairs_from",),
