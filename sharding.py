@@ -86,7 +86,10 @@ def load_for_generation(ckpt: str, device):
         log(f"{ckpt}: the heads or the MLP do not divide by {world} ranks; generating on the FSDP shards")
         return load_for_training(ckpt, device)
     log(f"{ckpt}: loaded tensor-parallel over {world} ranks for the forward-only stages")
-    return load_sharded(ckpt, device, tensor_parallel), load_tokenizer(ckpt)
+    model = load_sharded(ckpt, device, tensor_parallel)
+    if device.type == "cuda":  # bf16 weights on GPUs, as FSDP's MixedPrecisionPolicy computes in training
+        model.to(torch.bfloat16)
+    return model, load_tokenizer(ckpt)
 
 
 def load_for_training(ckpt: str, device, seed: int = 0):
