@@ -258,9 +258,10 @@ def test_two_rank_torchrun_loop_from_scratch_stays_within_fp_order(straight, tmp
         one = [h["loss"] for h in json.load(open(straight / stage / "history.json"))]
         two = [h["loss"] for h in json.load(open(tmp_path / "fsdp" / stage / "history.json"))]
         # Pretraining's first steps agree as in test_fsdp.py; 24 steps at lr 3e-3 (M0), then 16 at 2e-3
-        # from that M0 (M1), drift the reordered fp32 sums to ~1e-4 relative (measured 7e-7 and 1.4e-4),
-        # still far below a wrong shard, a lost rank's data or other dropout masks (>= 1e-2).
-        assert two == pytest.approx(one, rel=2e-3), stage
+        # from that M0 (M1), drift the reordered fp32 sums apart, by how much depends on the CPU's kernels
+        # (README, "Scale", has the measured drift); a wrong shard, a lost rank's data or other dropout
+        # masks move them by >= 1e-2.
+        assert two == pytest.approx(one, rel=5e-3), stage
         if stage == "M0":  # the same start
             assert two[:3] == pytest.approx(one[:3], rel=1e-4)
     for name in ("ift", "eft", "eval", "rm"):  # seed data: identical
@@ -285,7 +286,7 @@ def test_init_checkpoint_takes_the_place_of_pretraining(straight, tmp_path):
     (["--world", "real", "--data", "."], "--data brings its own data"),
     (["--world", "none"], "--world none needs --data"),
     (["--world", "moon"], "argument --world: invalid choice: 'moon'"),
-    (["--pairs-from", "oracle"], "argument --pairs-from: invalid choice: 'oracle'"),
+    (["--pairs-from", "best"], "argument --pairs-from: invalid choice: 'best'"),
     (["--prompt-model", "currnet"], "argument --prompt-model: invalid choice: 'currnet'"),
     (["--n-candidates", "1"], "--n-candidates 1: must be >= 2"),
     (["--temperature", "-1"], "--temperature -1.0: must be >= 0"),
