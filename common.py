@@ -84,6 +84,12 @@ def rank_world() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
 
 
+def row_ranks(model) -> tuple[int, int]:
+    """(rank, world) over which a batch's rows are split: every rank of a torchrun job, except for a
+    tensor-parallel model (sharding.tensor_parallel), where every rank runs every row."""
+    return (0, 1) if getattr(model, "tensor_parallel", 0) else rank_world()
+
+
 def is_main() -> bool:
     """Under torchrun every rank runs the same code; rank 0 alone prints and writes files."""
     return rank_world()[0] == 0

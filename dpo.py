@@ -17,8 +17,7 @@ The file reads top-down:
 Imports: torch; from the project sharding.py (loading, FSDP2, saving), packing.py (examples to
 token rows, and the batch layouts: pairs packed, shared prefixes, logits only where a token is scored)
 and common.py (files, ranks); tokenizer.py for the CLI's --tokenizer. sequence_logps and sft_loss are
-the textbook definitions; the trainer computes the same sums through packing.py (tests/test_packing.py
-checks that they are equal).
+the textbook definitions; the trainer gets the same sums through packing.py (tests/test_packing.py).
 
 Data: SFT {"prompt","response"}; DPO {"prompt","chosen","rejected"} (TRL's names) and, once computed,
 "ref_chosen","ref_rejected" (summed log-probs of the frozen M_t, stored WITH the pairs so the reference
@@ -55,7 +54,7 @@ from torch.distributed.fsdp import FSDPModule
 
 import packing
 from common import (all_sum, atomic_write, atomic_write_text, barrier, init_distributed, log, rank_world,
-                    read_json_object, write_json, write_jsonl)
+                    read_json_object, row_ranks, write_json, write_jsonl)
 from sharding import full_state, load_for_training, save_final, weights_finite
 
 # ----------------------------------------------------------------------------- the losses (torch alone)
@@ -220,7 +219,7 @@ def score_examples(model, rows: list[dict], mode: str, micro_batch_size: int = 8
     n = len(rows)
     if n == 0:
         return torch.zeros(0, 4 if mode == "dpo" else 2, dtype=torch.float64)
-    rank, world = (0, 1) if getattr(model, "tensor_parallel", 0) else rank_world()  # TP: every rank, every row
+    rank, world = row_ranks(model)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -232,7 +231,7 @@ def score_examples(model, rows: list[dict], mode: str, micro_batch_size: int = 8
         logps, counts, _ = batch_logps(model, chunk_rows[k], mode, device, doc_mask)
         if not real:  # a repeat, only to keep step
             continue
-        counts, b = counts.to(logps.dtype), len(idx)  # (rows,)
+        counts, b = counts.to(logps.dtype), len(idx)  # counts: (rows,)
         cols = [logps[:b], logps[b:], counts[:b], counts[b:]] if mode == "dpo" else [logps, counts]
         result[torch.tensor(idx, device=device)] = torch.stack(cols, 1).double()
     model.train(was_training)
@@ -395,7 +394,8 @@ def train_step(model, opt, rows, cfg: TrainConfig, step: int, device, ref_model)
         if not math.isfinite(grad_norm):
             raise FloatingPointError(f"{cfg.mode} step {step + 1}/{cfg.steps}: the gradient norm is {grad_norm}; "
                                      "stopping before the update.")
-    opt.step(), opt.zero_grad(set_to_none=True)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
     rec = {"step": step + 1, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
            "tokens_per_s": sums[5].item() / (time.time() - t_step)}
     if cfg.mode == "dpo":

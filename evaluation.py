@@ -341,8 +341,9 @@ def report(cfg, world, results: list[dict], iteration_stats: list[dict], seed_me
         title += f" — CONTROL: pairs from {cfg.pairs_from}, not the judge (not the method)"
     md = (f"# Self-rewarding loop on {title} (seed {cfg.seed})\n\n{intro} Held-out prompts: {results[0]['n_eval']}; "
           f"{rm}Wall time of its stages {wall / 60:.1f} min (summed over every process that worked on this run).\n\n{table}")
-    if diversity_table(results):
-        md += "\n" + diversity_table(results)
+    collapse = diversity_table(results)
+    if collapse:
+        md += "\n" + collapse
     if world is not None and world.NAME != "toy" or timings:
         md += "\n" + timings_table(timings)
     summary = {"config": {k: v for k, v in vars(cfg).items()}, "seed_metrics": seed_metrics, "wall_seconds": wall,

@@ -31,7 +31,7 @@ import torch.distributed as dist
 
 import cpu_decode
 from checkpoint import load_model
-from common import MIN_SHARED_PREFIX, common_prefix_len, rank_world
+from common import MIN_SHARED_PREFIX, common_prefix_len, rank_world, row_ranks
 from model import KVCache
 
 # What generate_many has done so far (all ranks): the loop reads it to report each stage's generation speed.
@@ -379,7 +379,7 @@ def generate_many(model, prompts: list[list[int]], max_new_tokens: int, batch_si
     samples from its own stream (generate's seed and the prompt's index here), so the results are the
     same at any batch_size and any number of ranks. A tensor-parallel model (sharding.tensor_parallel)
     runs every prompt on every rank."""
-    rank, world = (0, 1) if getattr(model, "tensor_parallel", 0) else rank_world()
+    rank, world = row_ranks(model)
     order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), prompts[i]))[rank::world]
     per_batch = max(1, batch_size // num_samples)
     n_batches = -(-len(order) // per_batch)

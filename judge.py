@@ -9,8 +9,8 @@ the best-scored candidate against the worst) and the --pairs-from random and ora
 Imports: the standard library only (generate.py, lazily, for judging with a model).
 """
 import math
-import random
 import os
+import random
 import re
 from dataclasses import dataclass
 

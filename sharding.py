@@ -19,7 +19,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from torch.distributed.tensor import DTensor
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
-from checkpoint import build_from_state_dict, lazy_weights, load_model, load_tokenizer, save_checkpoint
+from checkpoint import LazyWeights, build_from_state_dict, lazy_weights, load_model, load_tokenizer, save_checkpoint
 from common import barrier, log, rank_world
 from model import PRESETS, Transformer, preset
 
@@ -82,11 +82,12 @@ def load_for_generation(ckpt: str, device):
     world = rank_world()[1]
     if world == 1 or ckpt in PRESETS or ckpt.endswith(".gguf"):
         return load_for_training(ckpt, device)
-    if not tp_divides(lazy_weights(ckpt).args, world):
+    weights = lazy_weights(ckpt)
+    if not tp_divides(weights.args, world):
         log(f"{ckpt}: the heads or the MLP do not divide by {world} ranks; generating on the FSDP shards")
         return load_for_training(ckpt, device)
     log(f"{ckpt}: loaded tensor-parallel over {world} ranks for the forward-only stages")
-    model = load_sharded(ckpt, device, tensor_parallel)
+    model = load_sharded(weights, device, tensor_parallel)
     if device.type == "cuda":  # bf16 weights on GPUs, as FSDP's MixedPrecisionPolicy computes in training
         model.to(torch.bfloat16)
     return model, load_tokenizer(ckpt)
@@ -111,15 +112,14 @@ def load_for_training(ckpt: str, device, seed: int = 0):
     if ckpt.endswith(".gguf"):
         model, tok = load_model(ckpt, device="cpu")
         return shard_model(model, device), tok
-    return load_sharded(ckpt, device, shard_model), load_tokenizer(ckpt)
+    return load_sharded(lazy_weights(ckpt), device, shard_model), load_tokenizer(ckpt)
 
 
-def load_sharded(ckpt: str, device, parallelize) -> Transformer:
+def load_sharded(weights: LazyWeights, device, parallelize) -> Transformer:
     """Build the model on the meta device, lay it out with parallelize(model, device) (shard_model for
     FSDP2, tensor_parallel for TP), then fill each rank's own slice of each weight from the checkpoint
     (checkpoint.lazy_weights: a Hugging Face folder reads just those bytes, a Meta folder maps its
     shards and touches just those pages), cast to fp32 slice by slice."""
-    weights = lazy_weights(ckpt)
     with torch.device("meta"):
         model = Transformer(weights.args)
     parallelize(model, torch.device(device))
@@ -127,7 +127,7 @@ def load_sharded(ckpt: str, device, parallelize) -> Transformer:
     with torch.no_grad():
         for name, p in model.named_parameters():  # a tied output is the embedding: filled once
             local, dim, start, stop = local_slice(p)
-            src = weights.part(name, dim, start, stop) if dim is not None else weights.part(name, 0, 0, p.shape[0])
+            src = weights.part(name, dim, start, stop)
             if tuple(src.shape) != tuple(local.shape):
                 raise ValueError(f"{weights.source}: {name} slice {start}:{stop} on dim {dim} has shape "
                                  f"{tuple(src.shape)}, the model's shard {tuple(local.shape)}")
@@ -137,13 +137,14 @@ def load_sharded(ckpt: str, device, parallelize) -> Transformer:
 
 
 def local_slice(p):
-    """(this rank's tensor of p, dim, start, stop): the slice of the full weight it holds, dim None if all
-    of it. DTensor's Shard(d) on a 1-D mesh splits as torch.chunk does: ceil(n / ranks) rows each."""
+    """(this rank's tensor of p, dim, start, stop): the slice p[start:stop] along dim of the full weight
+    that it holds (all rows of dim 0 when it holds the whole weight). DTensor's Shard(d) on a 1-D mesh
+    splits as torch.chunk does: ceil(n / ranks) rows each."""
     if not isinstance(p, DTensor):
-        return p, None, 0, p.shape[0]
+        return p, 0, 0, p.shape[0]
     (placement,) = p.placements
     if not placement.is_shard():
-        return p.to_local(), None, 0, p.shape[0]
+        return p.to_local(), 0, 0, p.shape[0]
     dim, n = placement.dim, p.shape[placement.dim]
     size = -(-n // p.device_mesh.size())
     start = min(p.device_mesh.get_local_rank() * size, n)
