@@ -204,8 +204,11 @@ def test_activation_checkpointing_gives_the_same_gradients_with_dropout():
         grads.append({n: p.grad for n, p in m.named_parameters()})
     for n in grads[0]:
         assert torch.equal(grads[0][n], grads[1][n]), n
-    with torch.no_grad():  # and without gradients it changes nothing
-        m(torch.arange(10).view(1, 10))
+    m.eval()  # without gradients (generation, scoring) the flag is ignored: the same logits, no recompute
+    with torch.no_grad():
+        on = m(torch.arange(10).view(1, 10))
+        m.checkpoint_blocks = False
+        assert torch.equal(on, m(torch.arange(10).view(1, 10)))
 
 
 # ----------------------------------------------------------------------------- the plan
