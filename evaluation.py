@@ -150,7 +150,7 @@ def pair_truth(pairs: list[dict], world) -> dict | None:
     if world is None:
         return None
     graded = [(world.score_text(p["prompt"], p["chosen"]), world.score_text(p["prompt"], p["rejected"]))
-              for p in pairs]
+              for p in pairs if not p.get("judge_pair")]  # --eft-pairs' judge pairs: no answers to grade
     graded = [(c, r) for c, r in graded if c is not None]
     return {"graded": len(graded), "better": sum(c > r for c, r in graded), "tie": sum(c == r for c, r in graded),
             "worse": sum(c < r for c, r in graded)}

@@ -147,6 +147,8 @@ def judge(model, tokenizer, items: list[tuple[str, str]], *, samples: int = 3, t
     outs = generate_many(model, prompts, max_new_tokens, batch_size=batch_size, num_samples=samples,
                          temperature=temperature, top_p=top_p, stop_ids=tokenizer.stop_ids,
                          seed=seed, compile=compile, pad_id=tokenizer.pad_id, progress=progress)
+    if samples == 1:  # generate_many gives one token list per prompt then, not a list of samples
+        outs = [[o] for o in outs]
     results = []
     for samples_out in outs:
         raw = [tokenizer.decode([t for t in o if t not in tokenizer.stop_ids]) for o in samples_out]
@@ -356,6 +358,22 @@ def build_pairs(candidates: list[dict], judgments: list[dict]) -> tuple[list[dic
                       "chosen_score": best[0], "rejected_score": worst[0]})
     stats["pairs"] = len(pairs)
     return pairs, stats
+
+
+def eft_judge_pairs(examples: list[dict], judged: list[dict], rubric: Rubric = FIG2) -> tuple[list[dict], dict]:
+    """--eft-pairs, a departure from the paper, which trains the judge on EFT data in SFT only: M_t judged
+    seed EFT examples (one sample each); wherever its score is not the seed judgment's (or does not parse),
+    a DPO pair under the same judge prompt, the seed judgment chosen and M_t's own rejected. So the judging
+    skill gets on-policy pairs beside the answer pairs, as in Meta-Rewarding (Wu et al., 2024), with the
+    seed labels in place of a meta-judge. Returns (pairs, stats)."""
+    pairs, agreed = [], 0
+    for e, j in zip(examples, judged, strict=True):
+        if j["scores"][0] is not None and j["scores"][0] == parse_score(e["judgment"]):
+            agreed += 1
+            continue
+        pairs.append({"prompt": rubric.fill(e["instruction"], e["response"]), "chosen": e["judgment"],
+                      "rejected": j["raw"][0], "judge_pair": True})
+    return pairs, {"judged": len(examples), "agreed": agreed, "pairs": len(pairs)}
 
 
 def random_judgments(candidates: list[dict], seed) -> list[dict]:

@@ -25,9 +25,9 @@ Under torchrun, training runs on FSDP2 shards and the forward-only stages on the
 (--generation-layout). `python loop.py --plan ...` prints the per-GPU memory plan of a model (plan.py).
 
 Imports: torch; the project's dpo.py (training), sharding.py (loading, FSDP2, TP), rundir.py (stages bound
-to their settings, resume, checks of reused artifacts), judge.py (rubrics, judging, pairs),
-generate.py (sampling), evaluation.py (evaluation, report), data.py (the data contract, readers),
-common.py (files, ranks), tokenizer.py, model.py, plan.py, and the worlds toyworld.py / realworld.py.
+to their settings, resume, checks of reused artifacts), judge.py (rubrics, judging, pairs), selfinstruct.py
+(new prompts), generate.py (sampling), evaluation.py (evaluation, report), data.py (the data contract,
+readers), common.py (files, ranks), tokenizer.py, model.py, plan.py, and the worlds toyworld.py / realworld.py.
 """
 import argparse
 import functools
@@ -48,10 +48,11 @@ import evaluation as E
 import generate
 import judge as J
 import rundir
+import selfinstruct
 import sharding
 import toyworld
 from common import barrier, init_distributed, is_main, log, rank_world, write_json
-from evaluation import respond, rouge_l, sampling
+from evaluation import respond
 from model import PRESETS, Transformer, preset
 from rundir import RunDir, RunDirError
 from tokenizer import Tokenizer
@@ -102,6 +103,8 @@ class Config:
     judge_samples: int = 3
     max_response_tokens: int = 48
     max_judge_tokens: int = 80
+    eft_pairs: int = 0  # a departure from the paper (0 = off): each round M_t judges this many seed EFT
+    # examples, and where its score misses the seed judgment's, that pair of judgments joins DPO
     pairs_from: str = "judge"  # "random" and "oracle" are controls, not the method: a random candidate is
     # chosen over another, with no judging (what DPO gains without a judge), or the truly best over the truly
     # worst by the world's ground truth (what a perfect judge would buy)
@@ -139,63 +142,11 @@ class Config:
 REAL_DEFAULTS = dict(run_dir="runs/real-seed0", n_ift=192, n_eft=192, sft_steps=48, sft_lr=5e-5, sft_min_lr=5e-6,
                      sft_batch=8, dropout=0.0, n_prompts=96, max_prompt_tokens=96, n_eval=300, n_rm=50,
                      max_response_tokens=160, max_judge_tokens=64, dpo_lr=5e-6, dpo_min_lr=5e-7, dpo_batch=8,
-                     iterations=2, eval_greedy=False, eval_m0=True, mtbench=True, mtbench_tokens=128, batch_size=64,
-                     n_diversity=48)
+                     dpo_epochs=1.0, iterations=2, eval_greedy=False, eval_m0=True, mtbench=True, mtbench_tokens=128,
+                     batch_size=64, n_diversity=48)
 NONE_DEFAULTS = dict(run_dir="runs/data-seed0", dropout=0.0, eval_greedy=False, eval_m0=True, mtbench=True, batch_size=64,
                      max_response_tokens=256, max_judge_tokens=128, sft_lr=5.5e-6, sft_min_lr=1.1e-6, sft_batch=16,
-                     dpo_lr=1e-6, dpo_min_lr=1e-7)
-
-
-# ----------------------------------------------------------------------------- self-instruction (Section 3.3 step 1)
-
-SELF_INSTRUCT_HEADER = "Here are tasks that people asked an AI assistant. Write one more new task.\n"
-
-
-def self_instruct_prompt(demonstrations: list[str]) -> str:
-    """The few-shot prompt for a new task; the model continues after the last "Task:" up to a newline
-    (so a demonstration's own line breaks become spaces)."""
-    return SELF_INSTRUCT_HEADER + "".join(f"Task: {d.replace(chr(10), ' ')}\n" for d in demonstrations) + "Task:"
-
-
-def create_prompts(model, tok, cfg: Config, ift_prompts: list[str], earlier: list[str], stream: str,
-                   exclude: set[str] = frozenset()):
-    """8-shot self-instruction: 6 IFT demonstrations + 2 earlier generated prompts (IFT ones until there
-    are some), T=0.6, top-p 0.9. Filters exact duplicates, near-copies (ROUGE-L >= threshold against the
-    prompt's own demonstrations), length outliers (relative to the IFT prompts) and any prompt of the
-    evaluation sets (`exclude`: decontamination). Returns (rows, stats)."""
-    rng = random.Random(E.stream_seed(cfg, stream))
-    pool = earlier or ift_prompts
-    demos = [rng.sample(ift_prompts, 6) + rng.sample(pool, 2) for _ in range(cfg.n_prompts)]
-    for d in demos:
-        rng.shuffle(d)
-    newline_ids = {i for i in range(tok.n_words) if i not in tok.special_tokens.values()
-                   and "\n" in tok.decode([i])}  # a task ends at the first newline
-    ids = [tok.encode(self_instruct_prompt(d)) for d in demos]
-    outs = generate.generate_many(model, ids, cfg.max_prompt_tokens, stop_ids=newline_ids | set(tok.stop_ids),
-                                  pad_id=tok.pad_id, progress="self-instruct", **sampling(cfg, cfg.prompt_temperature, stream))
-    lengths = sorted(len(p.split()) for p in ift_prompts)
-    lo = max(1, lengths[len(lengths) // 100] // 2)
-    hi = math.ceil(lengths[-1 - len(lengths) // 100] * 1.5)
-    seen, rows = {p.lower() for p in ift_prompts}, []
-    stats = {"generated": len(outs), "duplicate": 0, "near_copy": 0, "length": 0, "unfinished": 0, "eval_set": 0}
-    for d, out in zip(demos, outs):
-        if not out or out[-1] not in newline_ids:
-            stats["unfinished"] += 1
-            continue
-        text = tok.decode(out[:-1]).strip()
-        if not (lo <= len(text.split()) <= hi):
-            stats["length"] += 1
-        elif text.lower() in seen:
-            stats["duplicate"] += 1
-        elif text.lower() in exclude:
-            stats["eval_set"] += 1
-        elif max(rouge_l(text, x) for x in d) >= cfg.rouge_threshold:
-            stats["near_copy"] += 1
-        else:
-            seen.add(text.lower())
-            rows.append({"prompt": text})
-    stats["kept"] = len(rows)
-    return rows, stats
+                     dpo_lr=1e-6, dpo_min_lr=1e-7, dpo_epochs=1.0)
 
 
 RUN: RunDir | None = None  # set by run()
@@ -265,7 +216,7 @@ def pretraining_text(cfg: Config) -> list[dict]:
     docs = [{"text": "\n".join(lines[i:i + 8]) + "\n"} for i in range(0, len(lines), 8)]
     for _ in range(cfg.pretrain_task_lists):
         tasks = [toyworld.make_instruction(rng, "train") for _ in range(rng.randint(4, 9))]
-        docs.append({"text": self_instruct_prompt(tasks[:-1]) + " " + tasks[-1] + "\n"})
+        docs.append({"text": selfinstruct.self_instruct_prompt(tasks[:-1]) + " " + tasks[-1] + "\n"})
     docs += [{"text": t} for t in toyworld.graded_answers(cfg.pretrain_graded, cfg.seed + 102)]
     rng.shuffle(docs)
     return docs
@@ -291,7 +242,7 @@ def aift_iteration(model, tok, cfg: Config, t: int, data: dict, earlier_prompts:
 
     def make_prompts():
         exclude = {r["prompt"].lower() for r in data["eval"]} | {g["instruction"].lower() for g in data["rm"]}
-        rows, stats = create_prompts(prompt_model if cfg.prompt_model == "base" else forward(), tok, cfg,
+        rows, stats = selfinstruct.create_prompts(prompt_model if cfg.prompt_model == "base" else forward(), tok, cfg,
                                      [r["prompt"] for r in data["ift"]], earlier_prompts, f"{stream} prompts", exclude)
         if is_main():
             write_json(os.path.join(d, "prompt_stats.json"), stats)
@@ -318,9 +269,13 @@ def aift_iteration(model, tok, cfg: Config, t: int, data: dict, earlier_prompts:
     judgments = RUN.stage(os.path.join(d, "judgments.jsonl"), make_judgments,
                           check=lambda rows: rundir.check_judgments(rows, candidates))
 
+    judge_pairs, judge_stats = eft_judge_pairs(cfg, tok, data, rubric, forward, d, stream, mt)
+
     def make_pairs():
         pairs, stats = J.build_pairs(candidates, judgments)
         stats["parse_rate"] = J.parse_rate(judgments)
+        if cfg.eft_pairs:
+            pairs, stats["judge_pairs"] = pairs + judge_pairs, judge_stats
         if is_main():
             write_json(os.path.join(d, "pair_stats.json"), stats)
         log(f"pairs: {stats}")
@@ -343,6 +298,28 @@ def aift_iteration(model, tok, cfg: Config, t: int, data: dict, earlier_prompts:
                              log_every=max(steps // 5, 1), max_len=max_len)
     new_model = train_stage(cfg, f"M{t + 1}", model, examples, train_cfg, tok)
     return new_model, [p["prompt"] for p in prompts], pair_stats, pairs
+
+
+def eft_judge_pairs(cfg: Config, tok, data: dict, rubric, forward, d: str, stream: str, mt: str):
+    """--eft-pairs: M_t judges a fresh sample of cfg.eft_pairs seed EFT examples each round (one judgment
+    each, the candidates' sampling; kept in iter_t/eft_judgments.jsonl), and judge.eft_judge_pairs turns
+    its misses into judge pairs. -> (pairs, stats); ([], None) when off."""
+    if not cfg.eft_pairs:
+        return [], None
+    n = min(cfg.eft_pairs, len(data["eft"]))
+
+    def make():
+        rng = random.Random(E.stream_seed(cfg, f"{stream} eft"))
+        picked = rng.sample(range(len(data["eft"])), n)
+        items = [(data["eft"][i]["instruction"], data["eft"][i]["response"]) for i in picked]
+        judged = J.judge(forward(), tok, items, samples=1, max_new_tokens=cfg.max_judge_tokens, rubric=rubric,
+                         progress=f"{mt} judges seed EFT", **E.sampling(cfg, cfg.temperature, f"{stream} eft judgments"))
+        return [{"eft_index": i, **j} for i, j in zip(picked, judged)]
+    rows = RUN.stage(os.path.join(d, "eft_judgments.jsonl"), make,
+                     check=lambda rows: rundir.check_eft_judgments(rows, n, len(data["eft"])))
+    pairs, stats = J.eft_judge_pairs([data["eft"][r["eft_index"]] for r in rows], rows, rubric)
+    log(f"judge pairs from seed EFT: {stats}")
+    return pairs, stats
 
 
 # ----------------------------------------------------------------------------- the world, the data, M0
@@ -522,8 +499,8 @@ def parse_args(argv=None) -> Config:
 
 # Flag -> (lowest, highest) allowed; None = unbounded. Counts of things are at least 1 (or 0 where none is
 # a meaningful request), rates in their range; every float must be finite.
-BOUNDS = {"iterations": (0, None), "threads": (0, None), "pretrain_steps": (1, None), "pretrain_batch": (1, None),
-          "pretrain_seq_len": (2, None), "pretrain_chars": (0, None), "pretrain_task_lists": (0, None),
+BOUNDS = {"iterations": (0, None), "eft_pairs": (0, None), "threads": (0, None), "pretrain_steps": (1, None),
+          "pretrain_batch": (1, None), "pretrain_seq_len": (2, None), "pretrain_chars": (0, None), "pretrain_task_lists": (0, None),
           "pretrain_graded": (0, None), "n_ift": (1, None), "n_eft": (0, None), "sft_steps": (1, None),
           "sft_batch": (1, None), "n_prompts": (1, None), "max_prompt_tokens": (1, None), "n_candidates": (2, None),
           "judge_samples": (1, None), "max_response_tokens": (1, None), "max_judge_tokens": (1, None),

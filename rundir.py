@@ -16,6 +16,7 @@ process that worked on the run. Temporary files left by a killed atomic write ar
 Imports: the stdlib; from the project common.py (atomic writes, JSON, ranks) and generate.py (how many
 tokens a stage generated).
 """
+import dataclasses
 import glob
 import math
 import os
@@ -39,13 +40,14 @@ GROUPS = {
     "prompts": ("n_prompts", "prompt_model", "prompt_temperature", "max_prompt_tokens", "rouge_threshold"),
     "candidates": ("n_candidates",),
     "judgments": ("pairs_from",),
+    "eft_judgments": ("eft_pairs",),
     "dpo": ("dpo_epochs", "dpo_lr", "dpo_min_lr", "dpo_batch", "beta", "rpo_alpha"),
     "mtbench": ("mtbench_tokens",),
 }
 HARMLESS = ("run_dir", "threads", "batch_size", "iterations", "eval_m0", "mtbench", "redo_from",
             "activation_checkpointing")
 _MODEL_GROUPS = {0: ("data", "M0"), 1: ("data", "M0", "sft")}
-_AIFT = ("data", "M0", "sft", "sampling", "prompts", "candidates", "judgments")
+_AIFT = ("data", "M0", "sft", "sampling", "prompts", "candidates", "judgments", "eft_judgments")
 
 
 def model_groups(k: int) -> tuple:
@@ -63,11 +65,11 @@ def stage_groups(name: str) -> tuple:
         return tuple(dict.fromkeys(model_groups(int(m[1])) + ("sampling", "eval")))
     if m := re.fullmatch(r"mtbench/M(\d+)\.jsonl", name):
         return tuple(dict.fromkeys(model_groups(int(m[1])) + ("sampling", "mtbench")))
-    if m := re.fullmatch(r"iter(\d+)/(prompts|candidates|judgments|pairs)\.jsonl", name):
+    if m := re.fullmatch(r"iter(\d+)/(prompts|candidates|judgments|eft_judgments|pairs)\.jsonl", name):
         t, kind = int(m[1]), m[2]
         if t > 1:  # M_t itself was shaped by every AIFT group and DPO
             return _AIFT + ("dpo",)
-        return _AIFT[:_AIFT.index("judgments" if kind == "pairs" else kind) + 1]  # M1, then this stage's inputs
+        return _AIFT if kind == "pairs" else _AIFT[:_AIFT.index(kind) + 1]  # M1, then this stage's inputs
     raise ValueError(f"rundir: no stage is named {name!r}")
 
 
@@ -131,8 +133,11 @@ class RunDir:
             raise RunDirError(f"{os.path.join(self.path, name)} exists but {self.stages_path} has no record of "
                               "the settings that made it (a run dir of an older version, or edited by hand). Use a "
                               f"new --run-dir, or --redo-from {name} to make it and every later stage again.")
+        # A setting added after the stage was made is taken to have had its default, which keeps what the
+        # code did before (a new setting's default must: tests/test_rundir.py holds one to it).
+        defaults = {f.name: f.default for f in dataclasses.fields(self.cfg)}
         for k, v in want.items():
-            old = self.stages[name].get(k, "(not recorded)")
+            old = self.stages[name].get(k, defaults.get(k, "(not recorded)"))
             if old != v:
                 raise RunDirError(f"stage {name} of {self.path} was made with {k}={old!r}; this run has {k}={v!r}. "
                                   f"Use a new --run-dir, or --redo-from {name} to make {name} and every later "
@@ -215,6 +220,17 @@ def check_judgments(rows, candidates):
         got.add((r.get("prompt_index"), r.get("candidate")))
     if got != want or len(rows) != len(want):
         raise ValueError(f"{len(rows)} judgments for {len(want)} candidates (one per candidate response)")
+
+
+def check_eft_judgments(rows, n: int, n_eft: int):
+    if len(rows) != n:
+        raise ValueError(f"{len(rows)} judgments of seed EFT examples, not {n}")
+    for j, r in enumerate(rows):
+        i = r.get("eft_index")
+        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n_eft:
+            raise ValueError(f"row {j + 1}: 'eft_index' must be an index into the {n_eft} seed EFT examples, got {i!r}")
+        if len(r.get("scores") or ()) != 1 or len(r.get("raw") or ()) != 1:
+            raise ValueError(f"row {j + 1}: one judgment ('scores', 'raw') per seed EFT example")
 
 
 def check_pairs(rows, fields):

@@ -26,9 +26,9 @@ TINY = ["--iterations", "1", "--pretrain-steps", "24", "--pretrain-chars", "2000
 
 def test_rouge_l_hand_computed():
     # LCS of "a b c d" and "a c d e" is "a c d" (3): F1 = 2 * 3 / (4 + 4)
-    assert loop.rouge_l("a b c d", "a c d e") == pytest.approx(0.75)
-    assert loop.rouge_l("List Four Fruits", "list four fruits") == 1.0
-    assert loop.rouge_l("", "x") == 0.0
+    assert E.rouge_l("a b c d", "a c d e") == pytest.approx(0.75)
+    assert E.rouge_l("List Four Fruits", "list four fruits") == 1.0
+    assert E.rouge_l("", "x") == 0.0
 
 
 def test_build_pairs_max_vs_min_ties_and_unscored():
@@ -325,3 +325,24 @@ def test_pair_truth_counts_better_ties_and_worse():
              {"prompt": "free", "chosen": "a", "rejected": "aaaa"}]      # not graded
     assert E.pair_truth(pairs, World) == {"graded": 4, "better": 2, "tie": 1, "worse": 1}
     assert E.pair_truth(pairs, None) is None
+
+
+def test_eft_judge_pairs_join_the_answer_pairs(straight, tmp_path):
+    """--eft-pairs (a departure from the paper) on the straight run from its pairs on: M1 judges 16 seed
+    EFT examples, and every miss becomes a judge pair beside the unchanged answer pairs."""
+    run = tmp_path / "eft"
+    shutil.copytree(straight, run)
+    p = _run(run, ["--eft-pairs", "16", "--redo-from", "iter1/pairs.jsonl"])
+    out, _ = p.communicate(timeout=600)
+    assert p.returncode == 0, out[-3000:]
+    judged = [json.loads(line) for line in open(run / "iter1/eft_judgments.jsonl")]
+    assert len(judged) == 16 and len({j["eft_index"] for j in judged}) == 16
+    stats = json.load(open(run / "iter1/pair_stats.json"))["judge_pairs"]
+    seed = [json.loads(line) for line in open(run / "data/eft.jsonl")]
+    missed = sum(j["scores"][0] != judge.parse_score(seed[j["eft_index"]]["judgment"]) for j in judged)
+    assert stats == {"judged": 16, "agreed": 16 - missed, "pairs": missed}
+    pairs = [json.loads(line) for line in open(run / "iter1/pairs.jsonl")]
+    answer_pairs = [json.loads(line) for line in open(straight / "iter1/pairs.jsonl")]
+    assert [q for q in pairs if not q.get("judge_pair")] == answer_pairs  # refs included: same M1, same ids
+    assert sum(bool(q.get("judge_pair")) for q in pairs) == missed
+    assert (run / "M2/params.json").exists() and "| M2 |" in (run / "results.md").read_text()

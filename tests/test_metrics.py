@@ -85,3 +85,30 @@ def test_the_oracle_control_needs_a_ground_truth(tmp_path, capsys):
     with pytest.raises(SystemExit):
         loop.parse_args(["--pairs-from", "oracle", "--data", str(tmp_path)])
     assert "needs --world toy or real" in capsys.readouterr().err
+
+
+def test_eft_judge_pairs_keep_the_seed_judgment_where_the_model_missed_it():
+    rubric = J.load_rubric("fig2")
+    seed = [{"instruction": "i0", "response": "r0", "judgment": "fine. Score: 4"},
+            {"instruction": "i1", "response": "r1", "judgment": "bad. Score: 1"},
+            {"instruction": "i2", "response": "r2", "judgment": "ok. Score: 3"}]
+    judged = [{"scores": [4.0], "raw": ["good. Score: 4"]},  # agrees: no pair
+              {"scores": [5.0], "raw": ["great. Score: 5"]},  # misses the seed's 1
+              {"scores": [None], "raw": ["no score"]}]  # does not parse
+    pairs, stats = J.eft_judge_pairs(seed, judged, rubric)
+    assert stats == {"judged": 3, "agreed": 1, "pairs": 2}
+    assert [(p["chosen"], p["rejected"]) for p in pairs] == [("bad. Score: 1", "great. Score: 5"),
+                                                           ("ok. Score: 3", "no score")]
+    assert pairs[0]["prompt"] == rubric.fill("i1", "r1") and all(p["judge_pair"] for p in pairs)
+    with pytest.raises(ValueError):  # one judgment per seed example, or the pairs would be misaligned
+        J.eft_judge_pairs(seed, judged[:2], rubric)
+
+
+def test_pair_truth_leaves_judge_pairs_out():
+    class World:
+        @staticmethod
+        def score_text(prompt, response):
+            return float(len(response))
+    pairs = [{"prompt": "p", "chosen": "aa", "rejected": "a"},
+             {"prompt": "judge prompt", "chosen": "a", "rejected": "aaaa", "judge_pair": True}]
+    assert E.pair_truth(pairs, World) == {"graded": 1, "better": 1, "tie": 0, "worse": 0}

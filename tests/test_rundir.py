@@ -242,3 +242,27 @@ def test_files_are_written_with_the_umask_mode(tmp_path):
         os.umask(old)
     modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "m").iterdir()}
     assert "tokenizer.model" in modes and set(modes.values()) == {0o644}, modes
+
+
+def test_a_setting_added_later_is_read_as_its_default_in_an_older_record(tmp_path):
+    cfg = loop.Config(world="toy", run_dir=str(tmp_path))
+    run = rundir.RunDir(cfg)
+    old = rundir.fingerprint(cfg, "M2")
+    del old["eft_pairs"]  # a run dir written before --eft-pairs existed
+    run.stages = {"M2": old}
+    run.check("M2")  # the default (0: off) is what that code did
+    run2 = rundir.RunDir(dataclasses.replace(cfg, eft_pairs=64))
+    run2.stages = {"M2": old}
+    with pytest.raises(rundir.RunDirError, match="eft_pairs=0.*eft_pairs=64"):
+        run2.check("M2")
+
+
+def test_eft_judgments_are_checked_against_the_seed_set():
+    good = [{"eft_index": 3, "scores": [4.0], "raw": ["Score: 4"]}, {"eft_index": 0, "scores": [None], "raw": ["?"]}]
+    rundir.check_eft_judgments(good, 2, 5)
+    with pytest.raises(ValueError, match="not 3"):
+        rundir.check_eft_judgments(good, 3, 5)
+    with pytest.raises(ValueError, match="row 1: 'eft_index'"):
+        rundir.check_eft_judgments([{**good[0], "eft_index": 5}, good[1]], 2, 5)
+    with pytest.raises(ValueError, match="row 2: one judgment"):
+        rundir.check_eft_judgments([good[0], {**good[1], "raw": []}], 2, 5)
