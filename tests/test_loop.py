@@ -127,6 +127,7 @@ def _kill_when(run_dir, seen):
     p.communicate()
 
 
+@pytest.mark.slow  # test_killed_mid_stage_resumes_to_the_same_result covers resume in CI
 def test_killed_anywhere_even_inside_an_atomic_write_resumes_to_the_same_bytes(straight, tmp_path):
     run = tmp_path / "k"
     temporaries = lambda: [p for p in run.rglob("*") if ".tmp" in p.name]  # noqa: E731
@@ -245,6 +246,7 @@ def test_two_rank_tensor_parallel_generation_samples_nearly_what_one_process_doe
               f"{max([abs(pairs[1][k][f] - pairs[0][k][f]) for k in same for f in ('ref_chosen', 'ref_rejected')], default=0):.2e}")
 
 
+@pytest.mark.slow  # test_two_rank_torchrun_samples_and_trains_what_one_process_does covers the same 2-rank path in CI
 def test_two_rank_torchrun_loop_from_scratch_stays_within_fp_order(straight, tmp_path):
     """torchrun, 2 ranks, the whole run: pretraining and SFT under FSDP2 add the same numbers in another
     order, so the weights drift apart by float rounding and a sampled token here or there may differ;
