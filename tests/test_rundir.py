@@ -143,8 +143,11 @@ def test_a_damaged_artifact_names_its_file(finished, tmp_path, target, content, 
 
 
 def test_ctrl_c_says_how_to_resume_in_one_line(tmp_path):
+    # A shell without job control starts background commands with SIGINT ignored, and the loop would inherit
+    # that; the child gets the default handler back, as in a terminal where a user presses Ctrl-C.
     proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "loop.py"), "--run-dir", str(tmp_path / "r"), *TINY],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while not (tmp_path / "r" / "M0").exists() and time.time() < deadline:
         time.sleep(0.05)
