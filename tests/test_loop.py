@@ -167,6 +167,7 @@ def _same_artifacts(a, b, skip=()):
     return compared
 
 
+@pytest.mark.slow  # tests/test_generate.py::test_a_rows_samples_do_not_depend_on_its_batch_or_the_batch_size checks this per row in CI
 def test_the_generation_batch_size_changes_no_artifact(straight, tmp_path):
     """Every sampled row draws from its own stream (seed, stage, prompt, sample): --batch-size 32 makes
     what --batch-size 96 made, prompts, candidates, judgments, pairs, weights and results alike."""
@@ -211,6 +212,7 @@ def test_two_rank_torchrun_samples_and_trains_what_one_process_does(straight, tm
         torch.testing.assert_close(two[k], one[k], atol=1e-6, rtol=0)
 
 
+@pytest.mark.slow  # tests/test_scale.py::test_two_ranks_load_their_shards_and_decode_tensor_parallel checks TP decoding in CI
 def test_two_rank_tensor_parallel_generation_samples_nearly_what_one_process_does(straight, tmp_path, capsys):
     """--generation-layout tp under torchrun: M1's forward-only stages (candidates, judging, reference
     log-probs, evaluation) run on M1 loaded tensor-parallel, and DPO on FSDP2 as before. Each block's
