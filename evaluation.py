@@ -18,6 +18,7 @@ Imports: generate.py (sampling), judge.py (judging and its metrics), packing.py 
 forward of the sampling entropy), data.py (FastChat's answer format), common.py (atomic writes, rank and
 log); torch; matplotlib for the plot, if installed.
 """
+import math
 import os
 
 import torch
@@ -69,17 +70,20 @@ def sampling_entropy(model, tok, prompts: list[str], responses: list[str], tempe
                      micro_batch: int = 16) -> float:
     """Mean entropy (nats) of the distribution each response token was sampled from, softmax(logits / T)
     before top-p, teacher-forced over the responses. Every rank scores every row, so under torchrun the
-    ranks run the same forwards."""
+    ranks run the same forwards.
+    The mean is taken in a fixed order: each token's entropy is a reduction over its own row (ATen splits
+    row reductions over rows, not within one), and the tokens are then added exactly (math.fsum). A
+    whole-tensor .sum() would split its additions over the threads, so 1 process (2 threads) and 2 ranks
+    (1 thread each) would report different last digits."""
     rows = packing.prepare([{"prompt": p, "response": r} for p, r in zip(prompts, responses)], "sft", tok,
                            model.args.max_seq_len)
-    device, total, count = next(model.parameters()).device, 0.0, 0
+    device, per_token = next(model.parameters()).device, []
     with torch.no_grad():
         for i in range(0, len(rows), micro_batch):
-            logits = packing.scored_logits(model, rows[i:i + micro_batch], "sft", device)[0]
+            logits = packing.scored_logits(model, rows[i:i + micro_batch], "sft", device)[0]  # (N, V)
             logp = (logits.float() / max(temperature, 1e-6)).log_softmax(-1)
-            total += float(-(logp.exp() * logp).sum())
-            count += logits.shape[0]
-    return total / max(count, 1)
+            per_token += (-(logp.exp() * logp).sum(-1)).tolist()  # (N,) one entropy per token
+    return math.fsum(per_token) / max(len(per_token), 1)
 
 
 def sampling(cfg, temperature: float, stream: str) -> dict:

@@ -56,6 +56,26 @@ def test_sampling_entropy_equals_the_entropy_of_the_full_forward():
     assert got != pytest.approx(E.sampling_entropy(m, tok, prompts, responses, 1.0), rel=1e-3)
 
 
+def test_sampling_entropy_does_not_depend_on_the_thread_count():
+    """1 process (2 threads) and 2 ranks (1 thread each) must report the same bytes: the mean is added in
+    a fixed order, so the thread count that splits a tensor's additions cannot move its last digit."""
+    m, tok = tiny_model(seed=5).eval(), ByteTok()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.mul_(3)  # entropies of many sizes, so that another order of additions rounds differently
+    prompts = [f"question {i} about {w}" for i, w in enumerate("apples pears figs kiwis plums grapes limes".split())]
+    responses = [f"answer {i}: " + "lorem ipsum dolor sit amet " * (2 + i) for i in range(len(prompts))]
+    threads = torch.get_num_threads()
+    got = {}
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            got[n] = E.sampling_entropy(m, tok, prompts, responses, 0.7)
+    finally:
+        torch.set_num_threads(threads)
+    assert got[1] == got[2]  # the same bits: a whole-tensor fp32 .sum() splits its additions by thread
+
+
 def test_score_histogram_by_hand():
     judged = [{"scores": [3, 4.67, None]}, {"scores": [None]}, {"scores": [5, 0]}, {"scores": []}]
     assert J.score_histogram(judged) == {"0": 1, "1": 0, "2": 0, "3": 1, "4": 1, "5": 1, "none": 3}
