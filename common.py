@@ -4,9 +4,12 @@ log and barrier of a torchrun job, and the shared-prefix rule.
 Imports: the stdlib and torch.distributed (the rank helpers), nothing from this project; every other
 file may import it.
 """
+import contextlib
+import errno
 import gzip
 import json
 import os
+import shutil
 import time
 
 import torch
@@ -14,13 +17,43 @@ import torch.distributed as dist
 
 # ----------------------------------------------------------------------------- files
 
+# Free bytes under which a failed write is put down to a full disk: a writer's buffered bytes that the
+# disk refused are gone from the count, so a full disk may still show a little room.
+FULL_DISK_BYTES = 16 << 20
+
+
+def _disk_full(e: BaseException, path: str) -> bool:
+    """Whether a failed write of path ran out of space: ENOSPC anywhere in the exception's chain, or a
+    writer that hides it (torch.save's RuntimeError "unexpected pos") failing on a disk with no room."""
+    seen = e
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    if not isinstance(e, (RuntimeError, OSError)):
+        return False
+    try:
+        return shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free < FULL_DISK_BYTES
+    except OSError:
+        return False
+
+
 def atomic_write(path, write):
     """write(tmp) to a temporary name beside path, then rename it over path: readers (and a run resumed
-    after a kill) see the old file or the new one, never half of one."""
+    after a kill) see the old file or the new one, never half of one. A failed write removes its
+    temporary file; on a full disk it raises an OSError (ENOSPC) that says so and names path."""
     path = os.fspath(path)
     tmp = f"{path}.tmp{os.getpid()}"
-    write(tmp)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException as e:
+        full = isinstance(e, Exception) and _disk_full(e, path)  # before the temporary file frees its space
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        if full:
+            raise OSError(errno.ENOSPC, f"no space left on device: could not write {path}") from e
+        raise
 
 
 def atomic_write_text(path, text: str):

@@ -42,6 +42,7 @@ import functools
 import json
 import math
 import os
+import re
 import time
 from dataclasses import asdict, dataclass, fields
 
@@ -490,18 +491,15 @@ def train(model, examples: list[dict], cfg: TrainConfig, tokenizer=None, eval_ex
     return history
 
 
-def _refs(rows):
-    return [[r.get("ref_chosen"), r.get("ref_rejected")] for r in rows or []]
-
-
 def save_state(path, model, opt, step, history, cfg, rows, eval_rows):
     if not weights_finite(model):
         raise FloatingPointError(f"{cfg.mode} step {step}/{cfg.steps}: the weights are not all finite (NaN or inf); "
                                  f"stopping without saving {path}")
     model_sd, opt_sd = full_state(model, opt)  # collective: every rank calls
     if rank_world()[0] == 0:  # the reference log-probs came from the initial weights: keep them too
+        refs = [[[r.get("ref_chosen"), r.get("ref_rejected")] for r in rs or []] for rs in (rows, eval_rows)]
         state = {"model": model_sd, "optim": opt_sd, "step": step, "history": history, "config": asdict(cfg),
-                 "n_examples": len(rows), "refs": _refs(rows), "eval_refs": _refs(eval_rows)}
+                 "n_examples": len(rows), "refs": refs[0], "eval_refs": refs[1]}
         atomic_write(path, lambda tmp: torch.save(state, tmp))
     barrier()
 
@@ -548,9 +546,8 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--compile", action="store_true", help="torch.compile each block (one process only): fuses "
                    "RMSNorm, RoPE and SwiGLU; where that pays off is measured in the README (bench/bench_train.py)")
-    for f in fields(TrainConfig):  # one flag per TrainConfig field: --micro-batch-size etc.
-        if f.name in ("mode", "out"):
-            continue
+    flags = [f for f in fields(TrainConfig) if f.name not in ("mode", "out")]
+    for f in flags:  # one flag per TrainConfig field: --micro-batch-size etc.
         flag, kind = "--" + f.name.replace("_", "-"), f.type
         default = NONE_MEANS.get(f.name, "per mode, see MODE_DEFAULTS") if f.default is None else f.default
         if kind is bool:  # --doc-mask / --no-doc-mask, as loop.py's flags
@@ -559,8 +556,11 @@ def parse_args(argv=None):
             kind = next(t for t in getattr(kind, "__args__", (kind,)) if t is not type(None))  # float | None -> float
             p.add_argument(flag, type=kind, default=None, help=f"default: {default}")
     a = p.parse_args(argv)
-    given = {f.name: getattr(a, f.name) for f in fields(TrainConfig) if f.name not in ("mode", "out")}
-    return a, TrainConfig(mode=a.mode, out=a.out, **{k: v for k, v in given.items() if v is not None})
+    given = {f.name: getattr(a, f.name) for f in flags}
+    try:  # a setting TrainConfig refuses is a usage error: argparse's one line naming the flag, exit code 2
+        return a, TrainConfig(mode=a.mode, out=a.out, **{k: v for k, v in given.items() if v is not None})
+    except ValueError as e:
+        p.error(re.sub(r"TrainConfig\.(\w+)", lambda m: "--" + m[1].replace("_", "-"), str(e)))
 
 
 def main(argv=None):

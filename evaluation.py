@@ -97,7 +97,8 @@ def respond(model, tok, cfg, prompts: list[str], n: int, temperature: float, str
     """n sampled responses (text) per prompt, in the chat format."""
     ids = [tok.encode_chat_prompt(p) for p in prompts]
     outs = generate.generate_many(model, ids, cfg.max_response_tokens, num_samples=n, stop_ids=tok.stop_ids,
-                                  pad_id=tok.pad_id, progress=what, **sampling(cfg, temperature, stream))
+                                  pad_id=tok.pad_id, progress=what, vocab_limit=tok.n_words,
+                                  **sampling(cfg, temperature, stream))
     text = lambda o: tok.decode([t for t in o if t not in tok.stop_ids]).strip()  # noqa: E731
     return [[text(o) for o in out] for out in outs] if n > 1 else [[text(out)] for out in outs]
 
@@ -206,7 +207,7 @@ def mtbench_answers(model, tok, cfg, model_id: str, questions: list[dict]) -> li
         for temperature, idx in sorted(by_temperature.items()):
             ids = [tok.encode_dialog(dialogs[i] + [{"role": "user", "content": questions[i]["turns"][turn]}]) for i in idx]
             outs = generate.generate_many(model, ids, cfg.mtbench_tokens, stop_ids=tok.stop_ids, pad_id=tok.pad_id,
-                                          progress=f"{model_id} MT-Bench turn {turn + 1} (T={temperature})",
+                                          vocab_limit=tok.n_words, progress=f"{model_id} MT-Bench turn {turn + 1} (T={temperature})",
                                           **sampling(cfg, temperature, f"mtbench turn {turn + 1} T={temperature}"))
             for i, o in zip(idx, outs):
                 answer = tok.decode([t for t in o if t not in tok.stop_ids]).strip()

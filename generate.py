@@ -14,7 +14,8 @@ Padding slots get sequence id -1 (never attended) and RoPE positions count only 
 row computes exactly what it would compute alone.
 
 Imports: torch; from the project model.py (KVCache), checkpoint.py (the CLI's loading), common.py (the
-rank, the shared-prefix rule) and cpu_decode.py, whose Linear kernels the compiled CPU decode step uses.
+rank, the log, the shared-prefix rule) and cpu_decode.py, whose Linear kernels the compiled CPU decode step
+uses.
 """
 import argparse
 import contextlib
@@ -31,7 +32,7 @@ import torch.distributed as dist
 
 import cpu_decode
 from checkpoint import load_model
-from common import MIN_SHARED_PREFIX, common_prefix_len, rank_world, row_ranks
+from common import MIN_SHARED_PREFIX, common_prefix_len, log, rank_world, row_ranks
 from model import KVCache
 
 # What generate_many has done so far (all ranks): the loop reads it to report each stage's generation speed.
@@ -59,7 +60,10 @@ def pick(p: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """Inverse-CDF draw: p (B, K) unnormalised weights, u (B, 1) uniform in [0, 1) -> column (B, 1). One
     number per row, where torch.multinomial draws one per vocabulary entry."""
     cdf = p.double().cumsum(-1)  # (B, K)
-    last = (p > 0).sum(-1, keepdim=True) - 1  # guards u * total rounding up to the total
+    # u * total may round up to the total: clamp to the last column of positive weight, found by its
+    # index, since on unsorted weights (top-k masks, underflows) zeros may sit anywhere.
+    cols = torch.arange(p.shape[-1], device=p.device)
+    last = torch.where(p > 0, cols, 0).amax(-1, keepdim=True)
     return torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp(max=last)
 
 
@@ -84,11 +88,18 @@ def sample_top_p_fast(probs: torch.Tensor, top_p: float, u: torch.Tensor, k: int
 
 
 def sample(logits: torch.Tensor, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
-           u: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+           u: torch.Tensor | None = None, generator: torch.Generator | None = None,
+           vocab_limit: int | None = None) -> torch.Tensor:
     """logits (B, V) -> token ids (B,). temperature 0 is greedy; top_k keeps the k most likely tokens,
     top_p the nucleus (sample_top_p_fast); one uniform number per row picks the token: u (B, 1) if
-    given (generate passes each row's own stream), else drawn from generator."""
+    given (generate passes each row's own stream), else drawn from generator. vocab_limit (the
+    tokenizer's n_words): only ids below it are drawn, as a model's vocab_size may be padded past the
+    ids its tokenizer can decode (the padded columns are dropped, which leaves every id unchanged)."""
     logits = logits.float()
+    if vocab_limit is not None:
+        if vocab_limit < 1:
+            raise ValueError(f"sample: vocab_limit={vocab_limit} leaves no token")
+        logits = logits[:, :vocab_limit]
     if temperature <= 0:
         return logits.argmax(-1)
     logits = logits / temperature
@@ -288,21 +299,40 @@ def repeat_rows(model, n: int, *tensors):
     return [t.repeat_interleave(n, 0) for t in tensors]
 
 
+def fit_prompts(prompts: list[list[int]], max_new_tokens: int, max_seq_len: int, what: str) -> list:
+    """The prompts, each one that leaves too little room for max_new_tokens in max_seq_len cut from the
+    left to its last max_seq_len - max_new_tokens tokens (the most recent ones, which the continuation
+    follows), and how many were cut logged: one long prompt of a user's data, a judge prompt or a second
+    turn must not stop a stage hours in."""
+    room = max_seq_len - max_new_tokens
+    if room < 1:
+        raise ValueError(f"{what}: max_new_tokens {max_new_tokens} leaves no room for a prompt in "
+                         f"max_seq_len {max_seq_len}")
+    cut = sum(len(p) > room for p in prompts)
+    if not cut:
+        return prompts
+    log(f"{what}: {cut} prompt(s) of {len(prompts)} longer than max_seq_len {max_seq_len} - max_new_tokens "
+        f"{max_new_tokens} = {room} tokens: truncated from the left, keeping their last {room} tokens")
+    return [p[-room:] for p in prompts]
+
+
 @torch.no_grad()
 def generate(model, prompts: list[list[int]], max_new_tokens: int, *, num_samples: int = 1,
              temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, stop_ids=(), seed=0,
              indices: list[int] | None = None, compile: bool = False, pad_id: int = 0,
-             cache_multiple: int = 64) -> list[list[int]]:
+             cache_multiple: int = 64, vocab_limit: int | None = None) -> list[list[int]]:
     """Sample continuations of a batch of token-id prompts. Returns only the new tokens of each row,
     up to and including its first stop id (a row without one ran out of max_new_tokens).
     num_samples > 1 prefills each prompt once and samples it that many times: rows come back
     grouped per prompt, [p0 s0, p0 s1, ..., p1 s0, ...]. Sample s of prompt i draws from the stream
-    row_key(seed, indices[i], s); indices (default 0, 1, ...) are the prompts' places in the whole request."""
+    row_key(seed, indices[i], s); indices (default 0, 1, ...) are the prompts' places in the whole request.
+    A prompt too long for max_new_tokens keeps its last tokens (fit_prompts); vocab_limit: see sample."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("generate: every prompt needs at least one token")
     indices = range(len(prompts)) if indices is None else indices
     if len(indices) != len(prompts):
         raise ValueError(f"generate: {len(indices)} indices for {len(prompts)} prompts")
+    prompts = fit_prompts(prompts, max_new_tokens, model.args.max_seq_len, "generate")
     device = model.tok_embeddings.weight.device
     tokens, seq_ids, positions, L, P, S = (t if isinstance(t, int) else t.to(device) for t in batch_layout(
         prompts, max_new_tokens, model.args.max_seq_len, pad_id, cache_multiple))
@@ -313,7 +343,8 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, *, num_sample
     swap = cpu_decode.decode_linears(model) if compile and device.type == "cpu" else contextlib.nullcontext()
     with swap:
         out = decode(model, logits, seq_ids, positions, keys, P, max_new_tokens, compile,
-                     dict(temperature=temperature, top_p=top_p, top_k=top_k), stop_ids, pad_id)
+                     dict(temperature=temperature, top_p=top_p, top_k=top_k, vocab_limit=vocab_limit),
+                     stop_ids, pad_id)
     model.clear_cache()
     stop_set = set(stop_ids)
     result = []
@@ -378,7 +409,9 @@ def generate_many(model, prompts: list[list[int]], max_new_tokens: int, batch_si
     number of batches (a rank with none left repeats a dummy one), and results are gathered. Each row
     samples from its own stream (generate's seed and the prompt's index here), so the results are the
     same at any batch_size and any number of ranks. A tensor-parallel model (sharding.tensor_parallel)
-    runs every prompt on every rank."""
+    runs every prompt on every rank. Prompts too long for max_new_tokens keep their last tokens
+    (fit_prompts, logged once per call); vocab_limit (in kw, the tokenizer's n_words): see sample."""
+    prompts = fit_prompts(prompts, max_new_tokens, model.args.max_seq_len, progress or "generate_many")
     rank, world = row_ranks(model)
     order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), prompts[i]))[rank::world]
     per_batch = max(1, batch_size // num_samples)
@@ -446,7 +479,8 @@ def main(argv=None):
         raise SystemExit(f"{ckpt} has no tokenizer; pass a folder with its tokenizer (tokenizer.model, or tokenizer.json) or a .gguf")
     ids = tok.encode_chat_prompt(a.prompt) if a.chat else tok.encode(a.prompt, bos=tok.bos_id is not None)
     prompts = [ids] * a.batch
-    kw = dict(temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, stop_ids=tok.stop_ids, compile=a.compile)
+    kw = dict(temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, stop_ids=tok.stop_ids,
+              compile=a.compile, vocab_limit=tok.n_words)
     if a.compile:  # the first call compiles; time it apart from the measured run. Same length: the
         t0 = time.time()  # cache length is part of the compiled step's shapes
         generate(model, prompts, a.max_new_tokens, seed=a.seed, **kw)

@@ -31,7 +31,7 @@ import torch
 
 from checkpoint import LazyWeights, build_from_state_dict
 from common import atomic_write, atomic_write_text, read_json_object
-from model import ModelArgs, Transformer
+from model import MAX_SEQ_LEN, ModelArgs, Transformer
 
 CONFIG, WEIGHTS, INDEX, GENERATION = ("config.json", "model.safetensors", "model.safetensors.index.json",
                                       "generation_config.json")
@@ -275,6 +275,11 @@ def config_to_args(config: dict, tensors: dict, origin: dict, path: str, max_seq
             raise ValueError(f"{path}: missing field {name!r}")
         return default if value is None else value
 
+    positions = int(max_seq_len or get("max_position_embeddings", defaults["max_position_embeddings"]))
+    if not max_seq_len and positions > MAX_SEQ_LEN:
+        raise ValueError(f"{path}: max_position_embeddings={positions} is beyond the {MAX_SEQ_LEN} "
+                         "positions a model's RoPE tables may hold: set it to the model's real context "
+                         "(or pass load_hf a smaller max_seq_len)")
     for name, supported in (("hidden_act", "silu"), ("mlp_bias", False)):
         if config.get(name, supported) != supported:
             raise ValueError(f"{path}: {name}={config[name]!r} is not supported (only {supported!r})")
@@ -288,7 +293,7 @@ def config_to_args(config: dict, tensors: dict, origin: dict, path: str, max_seq
         n_kv_heads=int(get("num_key_value_heads", n_heads)), vocab_size=int(get("vocab_size")),
         head_dim=int(get("head_dim", dim // n_heads)), hidden_dim=int(get("intermediate_size")),
         norm_eps=float(get("rms_norm_eps", 1e-6)), tie_embeddings=bool(get("tie_word_embeddings", False)),
-        max_seq_len=int(max_seq_len or get("max_position_embeddings", defaults["max_position_embeddings"])),
+        max_seq_len=positions,
         qkv_bias=qkv_bias, **_rope_fields(config, path))
     window = config.get("sliding_window", defaults["sliding_window"])
     if window is not None and config.get("use_sliding_window", defaults["use_sliding_window"]) and window < args.max_seq_len:

@@ -146,7 +146,8 @@ def judge(model, tokenizer, items: list[tuple[str, str]], *, samples: int = 3, t
     prompts = [tokenizer.encode_chat_prompt(rubric.fill(i, r)) for i, r in items]
     outs = generate_many(model, prompts, max_new_tokens, batch_size=batch_size, num_samples=samples,
                          temperature=temperature, top_p=top_p, stop_ids=tokenizer.stop_ids,
-                         seed=seed, compile=compile, pad_id=tokenizer.pad_id, progress=progress)
+                         seed=seed, compile=compile, pad_id=tokenizer.pad_id, progress=progress,
+                         vocab_limit=tokenizer.n_words)
     if samples == 1:  # generate_many gives one token list per prompt then, not a list of samples
         outs = [[o] for o in outs]
     results = []
@@ -198,7 +199,7 @@ def head_to_head(model, tokenizer, items: list[tuple[str, str, str]], *, templat
     prompts = [tokenizer.encode_chat_prompt(fill_pairwise(template, q, a, b)) for q, a, b in items]
     prompts += [tokenizer.encode_chat_prompt(fill_pairwise(template, q, b, a)) for q, a, b in items]
     outs = generate_many(model, prompts, max_new_tokens, stop_ids=tokenizer.stop_ids, pad_id=tokenizer.pad_id,
-                         **generate_kw)
+                         **{"vocab_limit": tokenizer.n_words, **generate_kw})
     verdicts = [parse_verdict(tokenizer.decode([t for t in o if t not in tokenizer.stop_ids])) for o in outs]
     n, tally = len(items), {"win": 0, "tie": 0, "loss": 0}
     for first, second in zip(verdicts[:n], verdicts[n:]):  # first: under test = A; second: under test = B
@@ -236,13 +237,19 @@ def pairwise_accuracy(groups) -> float:
     return right / total if total else float("nan")
 
 
+def round_half_up(x: float) -> int:
+    """x to the nearest integer, halves up (4.5 -> 5): Python's round takes halves to the even neighbour,
+    which would deny a mean of 4.5 its full score and give 2.5 only 2."""
+    return math.floor(x + 0.5)
+
+
 def five_best(groups, full: float = 5.0) -> float:
-    """Of the responses the judge gives a full score (mean rounded to 5), the fraction that are the
+    """Of the responses the judge gives a full score (mean rounded half up to 5), the fraction that are the
     reference's best response for their prompt (ties for best count as best)."""
     hits = total = 0
     for judged, ref in groups:
         for j, r in zip(judged, ref):
-            if j is not None and round(j) >= full:
+            if j is not None and round_half_up(j) >= full:
                 total += 1
                 hits += r == max(ref)
     return hits / total if total else float("nan")

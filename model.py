@@ -26,6 +26,12 @@ import torch.utils.checkpoint
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 
+# The longest context a model may have: the RoPE tables hold every position up front, so a config's
+# mistyped context (10**9) would otherwise ask for gigabytes and fail in the allocator, naming no field.
+# It sits above every context of the Llama family's released models.
+MAX_SEQ_LEN = 1 << 20
+
+
 @dataclass
 class ModelArgs:
     # Field names follow Meta's params.json, so ModelArgs.from_params(json.load(f)) just works.
@@ -55,6 +61,9 @@ class ModelArgs:
     rope_original_max_seq_len: int = 8192
 
     def __post_init__(self):
+        if not 1 <= self.max_seq_len <= MAX_SEQ_LEN:
+            raise ValueError(f"ModelArgs.max_seq_len={self.max_seq_len}: must be between 1 and {MAX_SEQ_LEN} "
+                             "(the RoPE tables hold every position)")
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
         if (self.head_dim is None and self.dim % self.n_heads) or self.n_heads % self.n_kv_heads:
@@ -75,7 +84,10 @@ class ModelArgs:
         unknown = sorted(set(params) - known)
         if unknown:
             raise ValueError(f"{source}: unknown field(s) {unknown}; known fields are {sorted(known)}")
-        return cls(**params)
+        try:
+            return cls(**params)
+        except ValueError as e:  # name the file whose field is wrong
+            raise ValueError(f"{source}: {e}") from None
 
 
 PRESETS = {

@@ -24,17 +24,21 @@ def create_prompts(model, tok, cfg, ift_prompts: list[str], earlier: list[str], 
     """8-shot self-instruction: 6 IFT demonstrations + 2 earlier generated prompts (IFT ones until there
     are some), T=0.6, top-p 0.9. Filters exact duplicates, near-copies (ROUGE-L >= threshold against the
     prompt's own demonstrations), length outliers (relative to the IFT prompts) and any prompt of the
-    evaluation sets (`exclude`: decontamination). Returns (rows, stats)."""
+    evaluation sets (`exclude`: decontamination). Pools smaller than their shots give all they have: a
+    user's data may hold fewer than 6 IFT rows, and a round may keep a single generated prompt.
+    Returns (rows, stats)."""
     rng = random.Random(E.stream_seed(cfg, stream))
     pool = earlier or ift_prompts
-    demos = [rng.sample(ift_prompts, 6) + rng.sample(pool, 2) for _ in range(cfg.n_prompts)]
+    demos = [rng.sample(ift_prompts, min(6, len(ift_prompts))) + rng.sample(pool, min(2, len(pool)))
+             for _ in range(cfg.n_prompts)]
     for d in demos:
         rng.shuffle(d)
     newline_ids = {i for i in range(tok.n_words) if i not in tok.special_tokens.values()
                    and "\n" in tok.decode([i])}  # a task ends at the first newline
     ids = [tok.encode(self_instruct_prompt(d)) for d in demos]
     outs = generate.generate_many(model, ids, cfg.max_prompt_tokens, stop_ids=newline_ids | set(tok.stop_ids),
-                                  pad_id=tok.pad_id, progress="self-instruct", **sampling(cfg, cfg.prompt_temperature, stream))
+                                  pad_id=tok.pad_id, progress="self-instruct", vocab_limit=tok.n_words,
+                                  **sampling(cfg, cfg.prompt_temperature, stream))
     lengths = sorted(len(p.split()) for p in ift_prompts)
     lo = max(1, lengths[len(lengths) // 100] // 2)
     hi = math.ceil(lengths[-1 - len(lengths) // 100] * 1.5)
@@ -44,7 +48,8 @@ def create_prompts(model, tok, cfg, ift_prompts: list[str], earlier: list[str], 
         if not out or out[-1] not in newline_ids:
             stats["unfinished"] += 1
             continue
-        text = tok.decode(out[:-1]).strip()
+        # the text before the line break: a BPE may merge the break with what precedes it ("?\n")
+        text = tok.decode(out).split("\n", 1)[0].strip()
         if not (lo <= len(text.split()) <= hi):
             stats["length"] += 1
         elif text.lower() in seen:

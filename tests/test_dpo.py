@@ -322,3 +322,19 @@ def test_deal_gives_every_rank_the_same_forwards_and_every_micro_batch_once():
     assert dpo.deal(chunks, 1, 2) == [(3, True), (1, False), (2, True)]
     assert dpo.deal(chunks, 0, 1) == [(1, True), (3, True), (4, True), (0, True), (2, True)]
     assert dpo.deal([plain] * 3, 2, 4) == [(2, True)] and dpo.deal([plain] * 3, 3, 4) == [(0, False)]  # a repeat
+
+
+@pytest.mark.parametrize("flags,named", [(["--lr", "inf"], "--lr"),
+                                         (["--label-smoothing", "0.7"], "--label-smoothing"),
+                                         (["--warmup", "50", "--steps", "10"], "--warmup")])
+def test_cli_refuses_a_bad_setting_in_one_line_naming_the_flag(flags, named):
+    """A setting TrainConfig refuses is a usage error: argparse's one line naming the flag, exit code 2,
+    no traceback (the CLI stops before loading anything)."""
+    r = subprocess.run([sys.executable, "dpo.py", "--mode", "sft", "--data", "d.jsonl", "--ckpt", "toy-test",
+                        "--out", "o"] + flags, capture_output=True, text=True,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("dpo.py: error: --")
+    assert named in last and "TrainConfig" not in last, last

@@ -1,5 +1,7 @@
 """generate.py: sampling math by hand, batched KV-cache decoding against a naive full-forward loop,
 and the real SmolLM2-135M-Instruct answering a question (runs in CI: .ci/run installs the GGUF)."""
+import copy
+import math
 import random
 
 import pytest
@@ -270,3 +272,91 @@ def test_fast_nucleus_equals_full_sort_row_by_row():
     u = torch.rand(64, 1, generator=g, dtype=torch.float64)
     assert torch.equal(G.sample_top_p_fast(probs, 0.9, u), G.sample_top_p(probs, 0.9, u))
     assert torch.equal(G.sample_top_p_fast(probs, 0.9, u, k=8), G.sample_top_p(probs, 0.9, u))
+
+
+def _restricted(logits: list[float], temperature: float, top_k: int, top_p: float) -> list[float]:
+    """softmax(logits / T) restricted to the top k (ties at the k-th kept) and then to the nucleus (tokens
+    whose more likely tokens hold less than top_p), renormalised: plain Python floats, in float64."""
+    z = [x / temperature for x in logits]
+    if top_k:
+        kth = sorted(z, reverse=True)[min(top_k, len(z)) - 1]
+        z = [x if x >= kth else -math.inf for x in z]
+    e = [math.exp(x - max(z)) for x in z]
+    p = [x / sum(e) for x in e]
+    keep, before = set(), 0.0
+    for i in sorted(range(len(p)), key=lambda i: -p[i]):
+        if p[i] > 0 and before < top_p:
+            keep.add(i)
+        before += p[i]
+    total = sum(p[i] for i in keep)
+    return [p[i] / total if i in keep else 0.0 for i in range(len(p))]
+
+
+@pytest.mark.parametrize("logits,temperature,top_k,top_p", [
+    ([0, 0, 0, 5, 0, 5, 0, 5], 1.0, 3, 1.0),  # once: token 2 (probability 0) every time
+    ([-200, 0, -200, 0], 1.0, 0, 1.0),  # once: token 3 (probability 1/2) never, as exp(-200) underflows
+    ([1.3, -0.4, 2.2, 0.1, 1.9, -1.5, 0.7, 2.0], 0.7, 5, 1.0),
+    ([1.3, -0.4, 2.2, 0.1, 1.9, -1.5, 0.7, 2.0], 1.3, 0, 0.8),
+    ([1.3, -0.4, 2.2, 0.1, 1.9, -1.5, 0.7, 2.0], 1.0, 6, 0.7),
+    ([-300, 1.0, -300, 0.5, 2.0, -300], 1.0, 2, 1.0),
+])
+def test_draw_on_a_grid_of_uniforms_follows_the_restricted_softmax(logits, temperature, top_k, top_p):
+    """Unsorted logits, the uniforms fed directly on an exact grid (i + 1/2) / N: each token is drawn
+    for a set of u of measure p (its restricted probability), so its grid frequency is within 1/N of p,
+    and a token of probability 0 is never drawn."""
+    n = 20000
+    u = ((torch.arange(n, dtype=torch.float64) + 0.5) / n)[:, None]
+    ids = G.sample(torch.tensor([logits], dtype=torch.float32).repeat(n, 1), temperature, top_p, top_k, u=u)
+    freq = (torch.bincount(ids, minlength=len(logits)).double() / n).tolist()
+    want = _restricted([float(x) for x in logits], temperature, top_k, top_p)
+    for tok, (f, p) in enumerate(zip(freq, want)):
+        assert abs(f - p) <= 1 / n + 1e-6, (tok, f, p)
+        if p < 1e-30:
+            assert f == 0, (tok, f)
+
+
+def test_a_prompt_past_max_seq_len_is_left_truncated_and_counted(tiny, capsys):
+    """A prompt that with max_new_tokens does not fit the context keeps its last tokens (those that fit)
+    instead of failing mid-stage: the output equals generating from that truncated prompt, and the
+    number of truncated prompts is logged once per call."""
+    rng = random.Random(6)
+    n_new, limit = 10, tiny.args.max_seq_len
+    long = [rng.randrange(1, 512) for _ in range(limit + 40)]
+    short = [rng.randrange(1, 512) for _ in range(5)]
+    kept = long[-(limit - n_new):]
+    out = G.generate_many(tiny, [long, short, long[5:]], n_new, batch_size=2, temperature=0)
+    assert out[0] == out[2] == naive_greedy(tiny, kept, n_new)
+    assert out[1] == naive_greedy(tiny, short, n_new)
+    logged = [line for line in capsys.readouterr().out.splitlines() if "truncated" in line]
+    assert len(logged) == 1 and "2 prompt" in logged[0], logged
+    kw = dict(temperature=1.0, top_p=0.9, seed=3)
+    alone = G.generate(tiny, [kept], n_new, indices=[1], **kw)[0]
+    assert G.generate_many(tiny, [short, long], n_new, **kw)[1] == alone
+    assert G.generate(tiny, [long], n_new, temperature=0) == [naive_greedy(tiny, kept, n_new)]
+
+
+def test_padded_vocabulary_ids_are_never_sampled(tiny):
+    """The model's vocabulary is padded past the tokenizer's ids (vocab_size rounded up): even where the
+    padded logits are huge, no sampler returns one of them when vocab_limit says where the ids end."""
+    logits = torch.randn(64, 512, generator=torch.Generator().manual_seed(7))
+    logits[:, 500:] = 1e4
+    for kw in (dict(temperature=0), dict(temperature=1.0), dict(temperature=0.7, top_p=0.9),
+               dict(temperature=1.0, top_k=5), dict(temperature=1.0, top_k=600, top_p=0.5)):
+        trapped = G.sample(logits, **kw, generator=torch.Generator().manual_seed(0))
+        assert trapped.max() >= 500  # the trap works
+        ids = G.sample(logits, **kw, vocab_limit=500, generator=torch.Generator().manual_seed(0))
+        assert ids.max() < 500, kw
+        if kw["temperature"] == 0:
+            assert torch.equal(ids, logits[:, :500].argmax(-1))
+    m = copy.deepcopy(tiny)
+    out = torch.nn.Linear(m.args.dim, m.args.vocab_size, bias=True)
+    with torch.no_grad():
+        out.weight.copy_(m.output.weight)
+        out.bias.zero_()
+        out.bias[500:] = 1e4
+    m.output = out
+    prompts = [[5, 6, 7], [9, 10]]
+    assert all(t >= 500 for o in G.generate(m, prompts, 6, temperature=1.0) for t in o)
+    for kw in (dict(temperature=1.0), dict(temperature=0.6, top_p=0.9), dict(temperature=0)):
+        outs = G.generate_many(m, prompts, 6, num_samples=2, vocab_limit=500, **kw)
+        assert all(t < 500 for o in outs for s in o for t in s), kw

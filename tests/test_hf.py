@@ -280,6 +280,21 @@ def test_bad_config_errors_name_file_and_field(folder, changes, match):
         C.load_model(str(path))
 
 
+@pytest.mark.parametrize("positions", [1 << 22, 10 ** 9])
+def test_an_absurd_context_is_refused_by_name_and_a_smaller_one_loads(folder, positions):
+    """max_position_embeddings sizes the RoPE tables (4 bytes x head_dim per position); past any real
+    model's context the folder is refused naming the field and the file, before any table is built,
+    and loading it with a max_seq_len of one's own still works."""
+    path, edit = folder
+    edit(max_position_embeddings=positions)
+    with pytest.raises(ValueError, match=rf"config\.json: max_position_embeddings={positions} .*max_seq_len"):
+        C.load_model(str(path))
+    m = hf.load_hf(str(path), max_seq_len=128)
+    assert m.args.max_seq_len == 128 and m.rope_cos.shape == (128, m.args.head_dim // 2)
+    with pytest.raises(ValueError, match=f"x/params.json: ModelArgs.max_seq_len={positions}"):
+        M.ModelArgs.from_params(dict(dim=64, n_heads=4, max_seq_len=positions), source="x/params.json")
+
+
 def test_sliding_window_loads_within_the_window(folder):
     path, edit = folder
     edit(architectures=["MistralForCausalLM"], sliding_window=64)

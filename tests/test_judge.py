@@ -85,6 +85,15 @@ def test_five_best_and_exact_match_hand_computed():
     assert J.exact_match(groups_ok) == pytest.approx(2 / 3)
 
 
+def test_averages_round_half_up_so_a_4_5_is_a_full_score():
+    """A mean of 4.5 (say 4, 5 and 4.5) rounds to 5 by the schoolbook rule, not to 4 (Python's round
+    goes to the even neighbour); likewise 2.5 -> 3 and 0.5 -> 1."""
+    assert [J.round_half_up(x) for x in (4.5, 2.5, 0.5, 3.5, 4.49, 0.0, 1.5000001)] == [5, 3, 1, 4, 4, 0, 2]
+    # the only full-scored response (4.5) is the best one: a hit, 1 of 1; a 4.4 is no full score
+    assert J.five_best([([4.5, 4.4, 1], [3, 2, 1])]) == 1.0
+    assert J.five_best([([4, 4.5, 2.5], [1, 2, 3])]) == 0.0  # the 4.5 is a full score, on a non-best
+
+
 def test_rank_correlations_hand_computed():
     assert J.spearman([1, 2, 3], [1, 2, 3]) == pytest.approx(1.0)
     assert J.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
@@ -176,7 +185,7 @@ def test_head_to_head_counts_both_orders(monkeypatch):
     import generate
 
     class Tok:
-        stop_ids, pad_id = {0}, 0
+        stop_ids, pad_id, n_words = {0}, 0, 300
         def encode_chat_prompt(self, text): return [ord(c) for c in text[:3]] + [len(text)]
         def decode(self, ids): return "".join(chr(i) for i in ids)
 
@@ -185,9 +194,15 @@ def test_head_to_head_counts_both_orders(monkeypatch):
     first, second = ["A", "A", "B", "tie", "?"], ["B", "A", "A", "B", "?"]
     outs = [[ord(c) for c in f"Verdict: {v}"] for v in first + second]
     seen = []
-    monkeypatch.setattr(generate, "generate_many", lambda model, prompts, n, **kw: seen.append(prompts) or outs)
+    monkeypatch.setattr(generate, "generate_many",
+                        lambda model, prompts, n, **kw: seen.append((prompts, kw)) or outs)
     items = [(f"q{i}", f"mine{i}", f"base{i}") for i in range(5)]
     res = J.head_to_head(None, Tok(), items, template="{instruction}|{response_a}|{response_b}")
     assert res == {"win": 0.4, "tie": 0.4, "loss": 0.2, "parse_rate": 0.8}
-    assert len(seen[0]) == 10  # both orders of every item in one batch
+    assert len(seen[0][0]) == 10  # both orders of every item in one batch
+    assert seen[0][1]["vocab_limit"] == 300  # the judge never samples an id its tokenizer cannot decode
+    seen.clear()
+    outs = [[[ord(c) for c in "Fine. Score: 4"]] * 3]  # one item, 3 sampled judgments
+    res = J.judge(None, Tok(), [("q", "a")], samples=3)
+    assert res[0]["score"] == 4.0 and seen[0][1]["vocab_limit"] == 300
     assert J.fill_pairwise("{instruction}|{response_a}|{response_b}", "q", "a", "b") == "q|a|b"
