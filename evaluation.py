@@ -223,6 +223,10 @@ def _pct(x) -> str:
     return "-" if x is None else f"{100 * x:.1f}"
 
 
+def _num(x, fmt: str) -> str:
+    return "-" if x is None else fmt.format(x)
+
+
 def _wtl(r: dict, key: str) -> str:
     return f"{100 * r[key]['win']:.0f}/{100 * r[key]['tie']:.0f}/{100 * r[key]['loss']:.0f}" if key in r else "-"
 
@@ -247,13 +251,13 @@ def toy_table(results: list[dict], iteration_stats: list[dict]) -> str:
             "5-best %", "exact %", "Spearman", "Kendall τ", "judge parse %", "resp. words", "pairs built",
             "chosen truly better %"]
     rows = []
-    for r in results:
-        st, j = _round_stats(r, iteration_stats), r["judge"]
-        rows.append([r["model"], f"{r['quality']:.3f} ± {r['quality_se']:.3f}", f"{r['quality_greedy']:.3f}",
-                     _wtl(r, "vs_M1"), _wtl(r, "vs_prev"), f"{100 * j['pairwise_accuracy']:.1f}",
-                     f"{100 * j['five_best']:.1f}", f"{100 * j['exact_match']:.1f}", f"{j['spearman']:.3f}",
-                     f"{j['kendall_tau']:.3f}", f"{100 * j['parse_rate']:.1f}", f"{r['mean_response_words']:.2f}",
-                     *_iteration_columns(st)])
+    for r in results:  # "-" where not measured: greedy quality (--no-eval-greedy), the judge (--n-rm 0)
+        st, j, greedy = _round_stats(r, iteration_stats), r.get("judge", {}), r.get("quality_greedy")
+        rows.append([r["model"], f"{r['quality']:.3f} ± {r['quality_se']:.3f}", _num(greedy, "{:.3f}"),
+                     _wtl(r, "vs_M1"), _wtl(r, "vs_prev"), _pct(j.get("pairwise_accuracy")),
+                     _pct(j.get("five_best")), _pct(j.get("exact_match")), _num(j.get("spearman"), "{:.3f}"),
+                     _num(j.get("kendall_tau"), "{:.3f}"), _pct(j.get("parse_rate")),
+                     f"{r['mean_response_words']:.2f}", *_iteration_columns(st)])
     return _markdown(head, rows)
 
 
@@ -314,14 +318,25 @@ def diversity_table(results: list[dict]) -> str:
     return "Diversity, entropy and the judge's score histogram:\n\n" + _markdown(head, rows)
 
 
+def _seconds(t: dict) -> str:
+    """A stage's recorded time: "unknown" if it has none, "≥ s" if its process ended before the stage's last
+    record (killed after the artifact was written: the time up to its last record is counted)."""
+    if t.get("seconds") is None:
+        return "unknown"
+    return ("≥ " if t.get("partial") else "") + f"{t['seconds']:.0f}"
+
+
 def timings_table(timings: dict) -> str:
-    rows = [[stage, f"{t['seconds']:.0f}", str(t.get("new_tokens", "-")),
+    rows = [[stage, _seconds(t), str(t.get("new_tokens", "-")),
              f"{t['new_tokens'] / t['generate_seconds']:.0f}" if t.get("generate_seconds") else "-"]
             for stage, t in timings.items()]
-    rows.append(["all stages", f"{sum(t['seconds'] for t in timings.values()):.0f}",
+    some = any(t.get("seconds") is None or t.get("partial") for t in timings.values())
+    total = sum(t["seconds"] for t in timings.values() if t.get("seconds") is not None)
+    rows.append(["all stages", ("≥ " if some else "") + f"{total:.0f}",
                  str(sum(t.get("new_tokens", 0) for t in timings.values())), "-"])
-    return ("Wall time per stage (kept in timings.json, so stages run by an earlier, interrupted process are "
-            "counted too; loading models between stages is not):\n\n"
+    return ("Wall time per stage (kept in timings.json as each stage runs, so stages run by an earlier, "
+            "interrupted or killed process are counted too; loading models between stages is not; ≥: its "
+            "process was killed after the stage's last record of its time; unknown: none was recorded):\n\n"
             + _markdown(["stage", "seconds", "new tokens generated", "generation tok/s"], rows))
 
 
@@ -375,7 +390,7 @@ def plot(cfg, results: list[dict], seed_metrics):
     names, series = [r["model"] for r in results], {}
     if "quality" in results[0]:
         series["true quality / 5"] = [r["quality"] / 5 for r in results]
-    if "judge" in results[0]:
+    if all("judge" in r for r in results):  # none without an RM set (--n-rm 0)
         series["judge pairwise acc"] = [r["judge"]["pairwise_accuracy"] for r in results]
         series["judge parse rate"] = [r["judge"]["parse_rate"] for r in results]
     if all("diversity" in r for r in results):

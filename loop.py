@@ -32,7 +32,6 @@ readers), common.py (files, ranks), tokenizer.py, model.py, plan.py, and the wor
 import argparse
 import functools
 import inspect
-import math
 import os
 import random
 import re
@@ -51,7 +50,7 @@ import rundir
 import selfinstruct
 import sharding
 import toyworld
-from common import barrier, init_distributed, is_main, log, rank_world, write_json
+from common import init_distributed, is_main, log, rank_world, write_json
 from evaluation import respond
 from model import PRESETS, Transformer, preset
 from rundir import RunDir, RunDirError
@@ -282,7 +281,9 @@ def aift_iteration(model, tok, cfg: Config, t: int, data: dict, earlier_prompts:
         log(f"pairs: {stats}")
         # Reference log-probs of M_t, computed once and stored with the pairs (Section 2.3: the reference
         # model is M_t); the policy then trains without a second model in memory, on the same token ids.
-        return dpo.compute_reference_logps(forward(), pairs, tokenizer=tok, max_len=max_len)
+        # Scored by the training model itself, not forward()'s tensor-parallel copy: that copy adds its
+        # sums in another order (and runs bf16 on CUDA), so policy - reference would not be 0 at step 0.
+        return dpo.compute_reference_logps(model, pairs, tokenizer=tok, max_len=max_len)
     pairs = RUN.stage(os.path.join(d, "pairs.jsonl"), make_pairs, check=lambda rows: rundir.check_pairs(rows, DPO_FIELDS))
     pair_stats = rundir.read_json(os.path.join(d, "pair_stats.json"))
 
@@ -352,17 +353,8 @@ def base_model(cfg: Config, world):
 def seed_data(cfg: Config, world) -> dict:
     """Seed data (Section 3.1: IFT and EFT) and the held-out sets (eval prompts, the reward-modelling set),
     in data.py's contract: the world's own, or a user's folder (--data). Copied into run_dir/data once and
-    reused from there, so a resumed run trains on the same data."""
-    data_dir = os.path.join(cfg.run_dir, "data")
-
-    def make():
-        data = D.load_data_dir(cfg.data) if cfg.data else world.world_data(cfg)
-        barrier()
-        if is_main():
-            D.write_data_dir(data_dir, data)
-        return data
-    done = all(os.path.exists(os.path.join(data_dir, f"{k}.jsonl")) for k in D.REQUIRED_FILES)
-    return RUN.resume(data_dir, done, lambda: D.load_data_dir(data_dir), make)
+    reused from there, so a resumed run trains on the same data (RunDir.data_stage)."""
+    return RUN.data_stage(lambda: D.load_data_dir(cfg.data) if cfg.data else world.world_data(cfg))
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -371,6 +363,8 @@ def run(cfg: Config) -> dict:
     global RUN
     validate(cfg)
     cfg.device = init_distributed(cfg.device)
+    if is_main():  # before anything is written; rank 0 holds it for every rank, as they share the dir
+        rundir.lock_run_dir(cfg.run_dir)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -387,6 +381,8 @@ def run(cfg: Config) -> dict:
     m0, tok, init = base_model(cfg, world)
 
     data = seed_data(cfg, world)
+    context = m0.args.max_seq_len if m0 is not None else preset(cfg.preset).max_seq_len
+    rundir.check_prompt_lengths(cfg, data, tok, rubric, context)  # before any training
     seed_metrics = None
     if world is not None:
         seed_metrics = {k: v for k, v in world.metrics(data["ift"], [r["response"] for r in data["ift"]]).items()}
@@ -470,10 +466,15 @@ def field_help() -> dict:
     return out
 
 
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line naming the flag, not the usage of every flag before it
+        self.exit(2, f"{self.prog}: error: {message} (--help lists the flags)\n")
+
+
 def parse_args(argv=None) -> Config:
     """Config from the command line. --world real and --data change some defaults (REAL_DEFAULTS,
     NONE_DEFAULTS); a flag given on the command line always wins."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = Parser(description=__doc__.split("\n\n")[0])
     helps = field_help()
     for name, value in asdict(Config()).items():
         flag, extra = "--" + name.replace("_", "-"), ""
@@ -498,34 +499,6 @@ def parse_args(argv=None) -> Config:
     return cfg
 
 
-# Flag -> (lowest, highest) allowed; None = unbounded. Counts of things are at least 1 (or 0 where none is
-# a meaningful request), rates in their range; every float must be finite.
-BOUNDS = {"iterations": (0, None), "eft_pairs": (0, None), "threads": (0, None), "pretrain_steps": (1, None),
-          "pretrain_batch": (1, None), "pretrain_seq_len": (2, None), "pretrain_chars": (0, None), "pretrain_task_lists": (0, None),
-          "pretrain_graded": (0, None), "n_ift": (1, None), "n_eft": (0, None), "sft_steps": (1, None),
-          "sft_batch": (1, None), "n_prompts": (1, None), "max_prompt_tokens": (1, None), "n_candidates": (2, None),
-          "judge_samples": (1, None), "max_response_tokens": (1, None), "max_judge_tokens": (1, None),
-          "dpo_batch": (1, None), "micro_batch": (1, None), "n_eval": (1, None), "n_rm": (0, None), "mtbench_tokens": (1, None),
-          "batch_size": (1, None), "pretrain_lr": (0, None), "sft_lr": (0, None), "sft_min_lr": (0, None),
-          "dpo_lr": (0, None), "dpo_min_lr": (0, None), "dpo_epochs": (0, None), "beta": (0, None),
-          "rpo_alpha": (0, None), "temperature": (0, None), "prompt_temperature": (0, None), "top_p": (0, 1),
-          "rouge_threshold": (0, 1), "dropout": (0, 1)}
-
-
-def check_numbers(cfg: Config):
-    for name, (lo, hi) in BOUNDS.items():
-        v, flag = getattr(cfg, name), "--" + name.replace("_", "-")
-        if isinstance(v, float) and not math.isfinite(v):
-            raise ValueError(f"{flag} {v}: must be a finite number")
-        if v < lo or (hi is not None and v > hi):
-            raise ValueError(f"{flag} {v}: must be {'>= ' + str(lo) if hi is None else f'between {lo} and {hi}'}")
-    for name in ("top_p", "beta", "dpo_epochs", "dpo_lr", "sft_lr", "pretrain_lr"):
-        if getattr(cfg, name) == 0:
-            raise ValueError(f"--{name.replace('_', '-')} 0: must be above 0")
-    if cfg.dropout >= 1:
-        raise ValueError(f"--dropout {cfg.dropout}: must be below 1")
-
-
 def validate(cfg: Config):
     """Settings that cannot work, refused before any work starts."""
     if cfg.data and cfg.world != "none":
@@ -540,7 +513,7 @@ def validate(cfg: Config):
     for name, allowed in CHOICES.items():
         if getattr(cfg, name) not in allowed:
             raise ValueError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, not {getattr(cfg, name)!r}")
-    check_numbers(cfg)
+    rundir.check_numbers(cfg)
     J.load_rubric(cfg.judge_prompt or "fig2")  # a bad rubric fails now, not after training
     # Inputs found now, not after an hour of training (each raises FileNotFoundError saying what to install).
     if cfg.world == "real" and not cfg.sharegpt:
@@ -549,6 +522,14 @@ def validate(cfg: Config):
         raise ValueError(f"--sharegpt {cfg.sharegpt}: no such file")
     if cfg.data and not os.path.isdir(cfg.data):
         raise ValueError(f"--data {cfg.data}: no such folder")
+    for flag, path in (("--init", cfg.init), ("--h2h-judge", cfg.h2h_judge)):
+        if path and not os.path.exists(path) and path not in PRESETS:
+            raise ValueError(f"{flag} {path}: no such file or folder")
+    if cfg.preset not in PRESETS:
+        raise ValueError(f"--preset {cfg.preset}: not one of {', '.join(PRESETS)}")
+    kind = cfg.device.split(":")[0]
+    if kind not in ("cpu", "cuda") or kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {cfg.device}: not a device here (cpu, or cuda where CUDA is available)")
     if cfg.mtbench:
         D.mtbench_path()
 
@@ -563,6 +544,8 @@ def main(argv=None):
         run(cfg)
     except RunDirError as e:
         sys.exit(f"loop.py: {e}")
+    except OSError as e:  # a path that cannot be read or written: one line naming it
+        sys.exit(f"loop.py: {e.filename}: {e.strerror}" if e.filename else f"loop.py: {e}")
     except KeyboardInterrupt:
         sys.exit(f"\ninterrupted: every finished stage is kept in {cfg.run_dir}; the same command resumes from there")
     finally:

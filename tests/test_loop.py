@@ -171,8 +171,8 @@ def _same_artifacts(a, b, skip=(), float_tolerant=()):
     assert files == sorted(str(p.relative_to(b)) for p in b.rglob("*") if p.is_file())
     compared = []
     for f in files:
-        if f in ("config.json", "results.md", "timings.json") or f in skip:
-            continue  # the flags given, wall times (results.json's results are compared below)
+        if f in ("config.json", "results.md", "timings.json", ".lock") or f in skip:
+            continue  # the flags given, wall times, the PID that held the run dir (results.json: below)
         if f.endswith(("history.json", "train_config.json")):
             strip = lambda x: [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in x] if isinstance(x, list) \
                 else {k: v for k, v in x.items() if k not in TIMING_KEYS}  # noqa: E731
@@ -381,3 +381,40 @@ def test_eft_judge_pairs_join_the_answer_pairs(straight, tmp_path):
     assert [q for q in pairs if not q.get("judge_pair")] == answer_pairs  # refs included: same M1, same ids
     assert sum(bool(q.get("judge_pair")) for q in pairs) == missed
     assert (run / "M2/params.json").exists() and "| M2 |" in (run / "results.md").read_text()
+
+
+def _cells(table: str, row: int) -> list[str]:
+    return [c.strip() for c in table.splitlines()[2 + row].strip().strip("|").split("|")]
+
+
+def test_toy_table_shows_a_dash_for_what_was_not_measured():
+    """--no-eval-greedy leaves no greedy quality, --n-rm 0 no judge metrics: the table says '-' for them
+    (it once crashed at the very end of the run)."""
+    bare = {"model": "M1", "quality": 2.5, "quality_se": 0.25, "mean_response_words": 3.0}
+    judge_metrics = {"pairwise_accuracy": 0.5, "five_best": 0.25, "exact_match": 0.125, "spearman": 0.3,
+                     "kendall_tau": 0.2, "parse_rate": 1.0}
+    full = {**bare, "model": "M2", "quality_greedy": 3.0, "judge": judge_metrics,
+            "vs_M1": {"win": 0.5, "tie": 0.25, "loss": 0.25}}
+    table = E.toy_table([bare, full], [{"pairs": 7, "chosen_truly_better": 0.75}])
+    assert _cells(table, 0) == ["M1", "2.500 ± 0.250", *["-"] * 9, "3.00", "-", "-"]
+    assert _cells(table, 1) == ["M2", "2.500 ± 0.250", "3.000", "50/25/25", "-", "50.0", "25.0", "12.5",
+                                "0.300", "0.200", "100.0", "3.00", "7", "75"]
+
+
+def test_the_toy_report_and_plot_need_neither_greedy_quality_nor_an_rm_set(tmp_path, monkeypatch):
+    import types
+    plotted = []
+    ax = types.SimpleNamespace(plot=lambda x, y, **k: plotted.append(k["label"]),
+                               axhline=lambda *a, **k: None, set_ylim=lambda *a: None, legend=lambda: None)
+    fig = types.SimpleNamespace(savefig=lambda path, **k: open(path, "wb").write(b"png"))
+    pyplot = types.SimpleNamespace(subplots=lambda **k: (fig, ax), close=lambda f: None)
+    mpl = types.SimpleNamespace(use=lambda name: None, pyplot=pyplot)  # matplotlib is not a dependency
+    monkeypatch.setitem(sys.modules, "matplotlib", mpl)
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", pyplot)
+    cfg = loop.Config(world="toy", run_dir=str(tmp_path), n_rm=0, eval_greedy=False)
+    results = [{"model": f"M{k}", "n_eval": 4, "quality": q, "quality_se": 0.5, "mean_response_words": 2.0,
+                "check_rates": {"count": 0.5}} for k, q in ((1, 2.0), (2, 3.0))]
+    E.report(cfg, loop.toyworld, results, [{"pairs": 3}], {"quality": 2.5, "quality_se": 0.1}, 60.0, {})
+    md = (tmp_path / "results.md").read_text()
+    assert "| M2 | 3.000 ± 0.500 | - |" in md and (tmp_path / "results.png").read_bytes() == b"png"
+    assert plotted == ["true quality / 5"]  # no judge curve: there was no RM set to judge

@@ -4,6 +4,7 @@ with the file named, no temporary files left, the history written before the don
 import dataclasses
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -172,7 +173,8 @@ def test_dpo_cli_lr_inf_exits_before_training(tmp_path):
     p = subprocess.run([sys.executable, os.path.join(ROOT, "dpo.py"), "--mode", "dpo", "--data", str(data), "--ckpt",
                         "toy-test", "--out", str(tmp_path / "out"), "--steps", "1", "--lr", "inf"],
                        capture_output=True, text=True, timeout=120)
-    assert p.returncode != 0 and "TrainConfig.lr=inf" in p.stderr and not (tmp_path / "out" / "params.json").exists()
+    assert p.returncode == 2 and "error: --lr=inf" in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "out" / "params.json").exists()
 
 
 def test_non_finite_weights_are_never_saved(tmp_path):
@@ -269,3 +271,303 @@ def test_eft_judgments_are_checked_against_the_seed_set():
         rundir.check_eft_judgments([{**good[0], "eft_index": 5}, good[1]], 2, 5)
     with pytest.raises(ValueError, match="row 2: one judgment"):
         rundir.check_eft_judgments([good[0], {**good[1], "raw": []}], 2, 5)
+
+
+# ----------------------------------------------------------------------------- what a fingerprint holds
+
+def test_device_is_where_the_work_runs_not_a_setting_of_the_result(tmp_path):
+    """torchrun rewrites --device cuda to cuda:LOCAL_RANK, so rank 1 once saw cuda:0 recorded and refused
+    while rank 0 waited in a barrier; --device cuda against cuda:0 refused too."""
+    cfg = loop.Config(world="toy", run_dir=str(tmp_path), device="cpu")
+    rundir.RunDir(cfg).resume(str(tmp_path / "M0"), False, None, lambda: (tmp_path / "M0").mkdir())
+    for device in ("cuda", "cuda:0", "cuda:1"):
+        rundir.RunDir(dataclasses.replace(cfg, device=device)).check("M0")
+    stages = json.loads((tmp_path / "stages.json").read_text())
+    stages["M0"]["device"] = "cuda:0"  # a record of a version that fingerprinted the device still reads
+    (tmp_path / "stages.json").write_text(json.dumps(stages))
+    rundir.RunDir(dataclasses.replace(cfg, device="cuda:1")).check("M0")
+
+
+class _Reads:
+    """A Config that notes every setting read through it."""
+    def __init__(self, cfg):
+        object.__setattr__(self, "_cfg", cfg)
+        object.__setattr__(self, "read", set())
+
+    def __getattr__(self, name):
+        self.read.add(name)
+        return getattr(self._cfg, name)
+
+
+def test_every_setting_an_evaluation_reads_is_in_its_fingerprint(tmp_path):
+    """Derived, not listed: evaluate M_k with and without a ground truth through a Config that notes what
+    is read; each setting read (and the rubric, which the loop hands in) must shape eval/M_k.json's
+    fingerprint, or be harmless. n_candidates (the diversity sets) and judge_prompt were once missing."""
+    import evaluation as E
+    import judge as J
+    import toyworld
+    from tokenizer import Tokenizer
+    tok = Tokenizer.toy(toyworld.TOKENIZER_PATH)
+    model = tiny_model(vocab_size=tok.n_words, max_seq_len=768).eval()  # no id the tokenizer lacks
+    save_checkpoint(model, str(tmp_path / "M1"), tokenizer=tok)  # the head-to-head judge without a world
+    cfg = loop.Config(world="toy", run_dir=str(tmp_path), max_response_tokens=3, max_judge_tokens=3,
+                      judge_samples=1, n_diversity=1, n_candidates=2)
+    data = {"eval": [{"prompt": p} for p in toyworld.eval_prompts(2, 0)], "rm": toyworld.rm_set(1, 2, 0)}
+    read = set()
+    for world in (toyworld, None):
+        reads = _Reads(dataclasses.replace(cfg, world="toy" if world else "none"))
+        E.evaluate_model(model, tok, reads, "M2", data, world, J.load_rubric("fig2"), ["a", "b"], ["a", "b"],
+                         lambda: loop.load_judge(reads, tok))
+        read |= reads.read
+    assert {"n_candidates", "temperature", "max_judge_tokens", "eval_greedy"} <= read  # the proxy saw them
+    read |= {"judge_prompt", "world"}  # the rubric and the world are the loop's arguments to evaluate_model
+    for k in (0, 1, 2, 3):
+        fp = rundir.fingerprint(cfg, f"eval/M{k}.json")
+        assert not [f for f in read if f not in fp and f not in rundir.HARMLESS], k
+        for field, other in (("n_candidates", 3), ("judge_prompt", "safety")):
+            changed = dataclasses.replace(cfg, **{field: other})
+            assert rundir.fingerprint(changed, f"eval/M{k}.json") != fp, (k, field)
+
+
+def test_data_are_fingerprinted_by_their_content(tmp_path, monkeypatch):
+    """--data DIR: a row fixed in DIR once left the stale copy in run_dir/data reused without a word."""
+    import data as D
+    import toyworld
+    src = tmp_path / "mine"
+    D.write_data_dir(str(src), toyworld.world_data(loop.Config(n_ift=6, n_eft=4, n_eval=3, n_rm=2)))
+    cfg = loop.Config(world="none", data=str(src), run_dir=str(tmp_path / "r"))
+    (tmp_path / "r").mkdir()
+
+    def seed():
+        monkeypatch.setattr(loop, "RUN", rundir.RunDir(cfg))
+        return loop.seed_data(cfg, None)
+    first = seed()
+    eval_file = src / "eval.jsonl"
+    eval_file.write_bytes(eval_file.read_bytes())  # the same bytes written again: nothing changed
+    assert seed() == first
+    rows = [json.loads(line) for line in eval_file.read_text().splitlines()]
+    rows[1]["prompt"] += " (fixed)"
+    eval_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(rundir.RunDirError, match="stage data of"):
+        seed()
+
+
+# ----------------------------------------------------------------------------- stages done, and redone
+
+def test_a_data_stage_killed_before_its_last_file_is_made_again(tmp_path, monkeypatch):
+    """The data stage once counted as done when ift, eft and eval existed: a kill before rm.jsonl was
+    written resumed with no RM set, silently."""
+    import toyworld
+    cfg = loop.Config(world="toy", run_dir=str(tmp_path), n_ift=8, n_eft=8, n_eval=4, n_rm=2)
+
+    def seed():
+        monkeypatch.setattr(loop, "RUN", rundir.RunDir(cfg))
+        return loop.seed_data(cfg, toyworld)
+    first = seed()
+    data_dir = tmp_path / "data"
+    rm = (data_dir / "rm.jsonl").read_bytes()
+    assert len(first["rm"]) == 2
+    for p in data_dir.iterdir():  # the kill point: the files written before rm.jsonl, nothing after them
+        if p.name not in ("ift.jsonl", "eft.jsonl", "eval.jsonl"):
+            p.unlink()
+    again = seed()
+    assert again["rm"] == first["rm"] and (data_dir / "rm.jsonl").read_bytes() == rm
+    (data_dir / "rm.jsonl").unlink()  # a finished data stage that lost a file is refused, naming it
+    with pytest.raises(rundir.RunDirError, match=f"{data_dir / 'rm.jsonl'}"):
+        seed()
+
+
+def test_following_the_advice_for_an_unrecorded_stage_works(tmp_path):
+    """A stage on disk with no record refused with 'use --redo-from NAME', which itself refused any stage
+    not recorded."""
+    cfg = loop.Config(world="toy", run_dir=str(tmp_path))
+    files = ["data/ift.jsonl", "M0/params.json", "M1/params.json", "eval/M1.json", "iter1/prompts.jsonl",
+             "M2/params.json"]
+    for f in files:
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f).write_text("{}")
+    # data, M0 and M1 recorded; eval/M1.json and what came after it not (an older version made them)
+    records = {n: rundir.fingerprint(cfg, n) for n in ("data", "M0", "M1")}
+    (tmp_path / "stages.json").write_text(json.dumps(records))
+    for stage, kept in (("eval/M1.json", files[:3]), ("data", [])):
+        if stage == "data":  # a run dir of a version that kept no records at all
+            (tmp_path / "stages.json").unlink()
+        with pytest.raises(rundir.RunDirError) as refused:
+            rundir.RunDir(cfg).check(stage)
+        advice = re.search(r"--redo-from (\S+) to make", str(refused.value))[1]
+        assert advice == stage
+        rundir.RunDir(cfg).redo_from(advice)  # what the advice says to run
+        assert sorted(f for f in files if (tmp_path / f).exists()) == sorted(kept), stage
+        recorded = json.loads((tmp_path / "stages.json").read_text())
+        assert sorted(recorded) == sorted(f.split("/")[0] for f in kept)  # the stages before it stay recorded
+    moved = {"/".join(p.relative_to(tmp_path / "replaced").parts[1:])
+             for p in (tmp_path / "replaced").rglob("*") if p.is_file()}
+    assert moved == set(files)  # nothing deleted
+
+
+# ----------------------------------------------------------------------------- one process per run dir
+
+def test_a_run_dir_in_use_refuses_a_second_process_naming_the_first(tmp_path):
+    """Two loops on one run dir once both pretrained M0 and wrote over each other's state."""
+    run = tmp_path / "r"
+    take = (f"import sys, time; sys.path.insert(0, {ROOT!r}); import rundir; "
+            f"rundir.lock_run_dir({str(run)!r}); print('locked', flush=True); time.sleep(300)")
+    holder = subprocess.Popen([sys.executable, "-c", take], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        t0 = time.time()
+        p = _loop(run, timeout=120)
+        assert p.returncode != 0 and f"PID {holder.pid}" in p.stderr, p.stderr[-2000:]
+        assert str(run) in p.stderr
+        assert len(p.stderr.strip().splitlines()) == 1 and time.time() - t0 < 60
+        assert not (run / "config.json").exists() and not (run / "stages.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    free = subprocess.run([sys.executable, "-c", take.replace("time.sleep(300)", "")], capture_output=True,
+                          text=True, timeout=120)
+    assert free.stdout.strip() == "locked"  # the lock ended with its process
+
+
+# ----------------------------------------------------------------------------- wall time across kills
+
+_TIMED = """
+import os, signal, sys, time
+sys.path.insert(0, {root!r})
+import loop, rundir
+rundir.RunDir.TICK_SECONDS = 0.05
+run_dir, after = {run!r}, {after!r}
+
+def make():
+    time.sleep(0.4)
+    if after:  # the stage's artifact written, then the kill, before its time is recorded
+        os.makedirs(os.path.join(run_dir, "M0"))
+        open(os.path.join(run_dir, "M0", "params.json"), "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(300)
+run = rundir.RunDir(loop.Config(world="toy", run_dir=run_dir))
+run.resume(os.path.join(run_dir, "M0"), False, None, make)
+"""
+
+
+def _killed_stage(run, after: bool) -> float:
+    """Run stage M0 in another process and SIGKILL it; the seconds its timings.json entry says."""
+    proc = subprocess.Popen([sys.executable, "-c", _TIMED.format(root=ROOT, run=str(run), after=after)])
+    timings, deadline = run / "timings.json", time.time() + 30
+
+    def spent():
+        return (json.loads(timings.read_text()).get("M0", {}).get("seconds") or 0) if timings.exists() else 0
+    while proc.poll() is None and (after or spent() < 0.3) and time.time() < deadline:
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait()
+    return spent()
+
+
+def test_a_stage_finished_after_a_kill_counts_both_processes_time(tmp_path, monkeypatch):
+    monkeypatch.setattr(rundir.RunDir, "TICK_SECONDS", 0.05)
+    cfg = loop.Config(world="toy", run_dir=str(tmp_path))
+    before = _killed_stage(tmp_path, after=False)  # killed mid-stage, after 0.3 s or more of it
+    assert before >= 0.3
+
+    def make():
+        time.sleep(0.2)
+        (tmp_path / "M0").mkdir()
+    rundir.RunDir(cfg).resume(str(tmp_path / "M0"), False, None, make)
+    done = json.loads((tmp_path / "timings.json").read_text())["M0"]
+    assert done["seconds"] >= before + 0.15 and not done.get("partial")  # 0.2 s more, to the rounding
+
+
+def test_a_stage_done_without_its_time_is_shown_as_unknown_not_dropped(tmp_path):
+    import evaluation as E
+    cfg = loop.Config(world="toy", run_dir=str(tmp_path))
+    _killed_stage(tmp_path, after=True)
+    assert (tmp_path / "M0" / "params.json").exists()
+    run = rundir.RunDir(cfg)
+    run.resume(str(tmp_path / "M0"), True, lambda: None, None)
+    row = [r for r in E.timings_table(run.timings).splitlines() if r.startswith("| M0 |")]
+    assert row and row[0].split("|")[2].strip().startswith("≥")  # its time up to the kill, at least
+    timings = json.loads((tmp_path / "timings.json").read_text())
+    del timings["M0"]  # a run dir whose stage never recorded a time at all
+    (tmp_path / "timings.json").write_text(json.dumps(timings))
+    run = rundir.RunDir(cfg)
+    run.resume(str(tmp_path / "M0"), True, lambda: None, None)
+    assert "| M0 | unknown |" in E.timings_table(run.timings)
+
+
+# ----------------------------------------------------------------------------- bad input: one line
+
+@pytest.mark.parametrize("argv,flag", [
+    (["--dpo-lr", "inf"], "--dpo-lr"), (["--temperature", "hot"], "--temperature"),
+    (["--preset", "nosuch"], "--preset"), (["--init", "/no/such/model"], "--init"),
+    (["--h2h-judge", "/no/such/judge"], "--h2h-judge")])
+def test_a_bad_flag_is_one_line_naming_it(tmp_path, argv, flag):
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "loop.py"), "--run-dir", str(tmp_path / "r"),
+                        *argv], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert p.returncode != 0 and flag in p.stderr and "Traceback" not in p.stderr, p.stderr[-2000:]
+    assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_an_unwritable_run_dir_is_one_line_naming_it(tmp_path):
+    if os.geteuid() == 0:  # root writes anywhere mode bits forbid: a path through a plain file cannot be made
+        (tmp_path / "file").write_text("")
+        run = tmp_path / "file" / "run"
+    else:
+        (tmp_path / "ro").mkdir(mode=0o555)
+        run = tmp_path / "ro" / "run"
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "loop.py"), "--run-dir", str(run), *TINY],
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert p.returncode != 0 and str(run) in p.stderr and "Traceback" not in p.stderr, p.stderr[-2000:]
+    assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
+# ----------------------------------------------------------------------------- prompts that cannot fit
+
+def _toy_data_dir(path, long_prompt: str, line: int):
+    import data as D
+    import toyworld
+    data = toyworld.world_data(loop.Config(n_ift=6, n_eft=4, n_eval=4, n_rm=2))
+    data["eval"][line - 1] = {"prompt": long_prompt}
+    D.write_data_dir(str(path), data)
+    return data
+
+
+def test_a_prompt_longer_than_the_context_is_refused_naming_file_line_and_field(tmp_path):
+    import judge as J
+    import toyworld
+    from tokenizer import Tokenizer
+    tok, rubric = Tokenizer.toy(toyworld.TOKENIZER_PATH), J.load_rubric("fig2")
+    long_prompt = "list the fruit words " * 120
+    data = _toy_data_dir(tmp_path / "mine", long_prompt, line=3)
+    cfg = loop.Config(world="none", data=str(tmp_path / "mine"), max_response_tokens=48, max_judge_tokens=48)
+    n = len(tok.encode_chat_prompt(long_prompt))
+    assert n <= 700 < n + 48 + 48 + len(tok.encode_chat_prompt(rubric.fill("", "")))  # fits alone, not judged
+    line3 = f"{tmp_path / 'mine' / 'eval.jsonl'}:3: field 'prompt'"
+    with pytest.raises(rundir.RunDirError, match=rf"{line3} is {n} tokens"):
+        rundir.check_prompt_lengths(cfg, data, tok, rubric, n + 48 - 1)  # one token short for the response
+    with pytest.raises(rundir.RunDirError, match=rf"{line3}: the model's judgment"):
+        rundir.check_prompt_lengths(cfg, data, tok, rubric, 768)  # and its self-judging cannot fit
+    data["eval"][2] = {"prompt": "list 3 fruit words"}
+    rm_tokens = max(len(tok.encode_chat_prompt(rubric.fill(g["instruction"], r))) for g in data["rm"]
+                    for r in g["responses"])
+    toy = dataclasses.replace(cfg, world="toy", data="", run_dir=str(tmp_path / "r"))  # no self-judging
+    rundir.check_prompt_lengths(toy, data, tok, rubric, rm_tokens + 48)  # everything fits: no refusal
+    rm_file = tmp_path / "r" / "data" / "rm.jsonl"
+    with pytest.raises(rundir.RunDirError, match=rf"{rm_file}:\d+: field 'responses'"):
+        rundir.check_prompt_lengths(toy, data, tok, rubric, rm_tokens + 47)
+
+
+def test_the_loop_refuses_a_prompt_too_long_before_any_training(tmp_path):
+    import toyworld
+    from tokenizer import Tokenizer
+    tok = Tokenizer.toy(toyworld.TOKENIZER_PATH)
+    save_checkpoint(tiny_model(vocab_size=tok.n_words, max_seq_len=768), str(tmp_path / "m0"), tokenizer=tok)
+    _toy_data_dir(tmp_path / "mine", "list the fruit words " * 400, line=2)
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "loop.py"), "--run-dir", str(tmp_path / "r"),
+                        "--data", str(tmp_path / "mine"), "--init", str(tmp_path / "m0"), "--no-mtbench",
+                        "--iterations", "0", "--sft-steps", "1", "--max-response-tokens", "8",
+                        "--max-judge-tokens", "8"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    where = f"{tmp_path / 'mine' / 'eval.jsonl'}:2: field 'prompt'"
+    assert p.returncode != 0 and where in p.stderr, p.stderr[-2000:]
+    assert "Traceback" not in p.stderr and not (tmp_path / "r" / "M1").exists()
