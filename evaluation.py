@@ -106,7 +106,7 @@ def respond(model, tok, cfg, prompts: list[str], n: int, temperature: float, str
 def judge_items(model, tok, cfg, items: list[tuple[str, str]], rubric, stream: str, what: str) -> list[dict]:
     """The loop's judging: cfg.judge_samples sampled judgments per (instruction, response), averaged."""
     return J.judge(model, tok, items, samples=cfg.judge_samples, max_new_tokens=cfg.max_judge_tokens, progress=what,
-                   rubric=rubric, **sampling(cfg, cfg.temperature, stream))
+                   rubric=rubric, score=cfg.judge_score, **sampling(cfg, cfg.temperature, stream))
 
 
 def win_tie_loss(scores: list[float], other: list[float]) -> dict:
@@ -165,13 +165,19 @@ def judge_metrics(model, tok, cfg, name: str, rm: list[dict], rubric) -> dict:
     """Table 4: the judge scores the reward-modelling set; its rankings are compared with the reference."""
     items = [(g["instruction"], r) for g in rm for r in g["responses"]]
     judged = judge_items(model, tok, cfg, items, rubric, "eval rm judgments", f"{name} judge RM set")
-    groups, k = [], 0
-    for g in rm:
-        n = len(g["responses"])
-        groups.append(([j["score"] for j in judged[k:k + n]], g["scores"]))
-        k += n
-    return {**J.reward_model_metrics(groups), "parse_rate": J.parse_rate(judged),
-            "score_histogram": J.score_histogram(judged)}
+
+    def metrics(scores):
+        groups, k = [], 0
+        for g in rm:
+            groups.append((scores[k:k + len(g["responses"])], g["scores"]))
+            k += len(g["responses"])
+        return J.reward_model_metrics(groups)
+
+    out = {**metrics([j["score"] for j in judged]), "parse_rate": J.parse_rate(judged),
+           "score_histogram": J.score_histogram(judged)}
+    if cfg.judge_score == "expected":  # the same texts read as the paper reads them: what expectation buys
+        out["sampled_reading"] = metrics([J.mean_score([J.parse_score(r) for r in j["raw"]]) for j in judged])
+    return out
 
 
 def no_truth_metrics(model, tok, cfg, name, prompts, sampled, rubric, m1_responses, fixed_judge) -> dict:

@@ -6,7 +6,7 @@ template file with {instruction} and {response} slots (rubrics/: safety, instruc
 checked when it is loaded. At the end, the preference pairs the judgments make (Section 3.3 step 4:
 the best-scored candidate against the worst) and the --pairs-from random and oracle controls.
 
-Imports: the standard library only (generate.py, lazily, for judging with a model).
+Imports: the standard library only (generate.py and torch, lazily, for judging with a model).
 """
 import math
 import os
@@ -137,10 +137,12 @@ def eft_example(instruction: str, response: str, judgment: str, rubric: Rubric =
 
 def judge(model, tokenizer, items: list[tuple[str, str]], *, samples: int = 3, temperature: float = 0.7,
           top_p: float = 0.9, max_new_tokens: int = 128, batch_size: int = 64, seed=0,
-          compile: bool = False, progress: str | None = None, rubric: Rubric = FIG2) -> list[dict]:
+          compile: bool = False, progress: str | None = None, rubric: Rubric = FIG2,
+          score: str = "sampled") -> list[dict]:
     """LLM-as-a-Judge on (instruction, response) items, `samples` sampled judgments each (Section 3.3:
     3 samples at T=0.7, top-p 0.9, averaged). Returns per item {"score": mean or None, "scores": [...],
-    "raw": [judge texts]}; raw judgments are kept so that nothing is lost."""
+    "raw": [judge texts]}; raw judgments are kept so that nothing is lost. score: "sampled" reads each
+    judgment's written score (the paper), "expected" its probability-weighted score (expected_scores)."""
     from generate import generate_many
 
     prompts = [tokenizer.encode_chat_prompt(rubric.fill(i, r)) for i, r in items]
@@ -150,12 +152,60 @@ def judge(model, tokenizer, items: list[tuple[str, str]], *, samples: int = 3, t
                          vocab_limit=tokenizer.n_words)
     if samples == 1:  # generate_many gives one token list per prompt then, not a list of samples
         outs = [[o] for o in outs]
-    results = []
-    for samples_out in outs:
-        raw = [tokenizer.decode([t for t in o if t not in tokenizer.stop_ids]) for o in samples_out]
-        scores = [parse_score(r) for r in raw]
-        results.append({"score": mean_score(scores), "scores": scores, "raw": raw})
-    return results
+    raws = [[tokenizer.decode([t for t in o if t not in tokenizer.stop_ids]) for o in out] for out in outs]
+    if score == "expected":
+        flat = expected_scores(model, tokenizer, [(p, r) for p, rs in zip(prompts, raws) for r in rs])
+        per_item = [flat[k * samples:(k + 1) * samples] for k in range(len(items))]
+    elif score == "sampled":
+        per_item = [[parse_score(r) for r in rs] for rs in raws]
+    else:
+        raise ValueError(f"judge: score must be 'sampled' or 'expected', not {score!r}")
+    return [{"score": mean_score(scores), "scores": scores, "raw": raw} for scores, raw in zip(per_item, raws)]
+
+
+def score_digit_ids(tokenizer, context: str) -> tuple[list[int], list[int]] | None:
+    """How the judge would write each score 0..5 after `context` (its judgment up to the score's first
+    digit): the token ids common to every one of them, and then the one token that differs, per score.
+    None if some score is not one token there (a tokenizer that merges the digit into longer tokens)."""
+    ids = [tokenizer.encode(context + str(k)) for k in range(6)]
+    n = len(ids[0]) - 1
+    if any(len(x) != n + 1 or x[:n] != ids[0][:n] for x in ids):
+        return None
+    return ids[0][:n], [x[n] for x in ids]
+
+
+def expected_scores(model, tokenizer, judged: list[tuple[list[int], str]], micro_batch: int = 16) -> list:
+    """--judge-score expected (a departure from the paper's sampled scores; arXiv 2503.03064 finds it
+    better for small judges): for each (judge prompt ids, sampled judgment), the probability-weighted score
+    sum_k k p(k) / sum_k p(k) over the digits 0..5 at the place of the judgment's last "Score:" number,
+    teacher-forced, one forward each. A judgment with no parseable score stays None, as sampled. Every
+    rank runs every row, so under torchrun the ranks run the same forwards."""
+    import torch  # lazy: parsing and the metrics need no torch
+
+    rows, out = [], [None] * len(judged)
+    for k, (prompt, text) in enumerate(judged):
+        last = None
+        for last in _SCORE.finditer(text):
+            pass
+        m = None if last is None or parse_score(text) is None else _NUMBER.match(text, last.end())
+        found = m and score_digit_ids(tokenizer, text[:m.start(1)])
+        if found:  # longer than the context: the oldest tokens go, as generation truncates a prompt
+            rows.append((k, (prompt + found[0])[-model.args.max_seq_len:], found[1]))
+    device = next(model.parameters()).device
+    rows.sort(key=lambda r: len(r[1]))  # similar lengths together: little padding
+    with torch.no_grad():
+        for i in range(0, len(rows), micro_batch):
+            chunk = rows[i:i + micro_batch]
+            T = max(len(r[1]) for r in chunk)
+            tokens = torch.tensor([r[1] + [0] * (T - len(r[1])) for r in chunk], device=device)  # right-padded
+            h, _ = model.hidden(tokens)  # causal: the padding after a row's end never reaches its last slot
+            ends = torch.tensor([len(r[1]) - 1 for r in chunk], device=device)
+            last_h = h[torch.arange(len(chunk), device=device), ends]  # (b, dim) each row's last real slot
+            probs = model.logits(last_h).float().softmax(-1)  # (b, V)
+            for (k, _, digits), p in zip(chunk, probs):
+                q = p[torch.tensor(digits, device=device)].double()  # (6,) p(0..5)
+                out[k] = float((q * torch.arange(6, dtype=q.dtype, device=device)).sum() / q.sum())
+    return out
 
 
 # ----------------------------------------------------------------------------- head-to-head

@@ -84,6 +84,10 @@ class Config:
     # seed data (the paper: 3,200 IFT; 1,630 EFT train)
     n_ift: int = 3200
     n_eft: int = 4800
+    ift_seed: str = "imperfect"  # --world real: "passing" keeps only seed answers that pass all their checks
+    # (the ground truth curates the seed, as humans ranked the paper's); "imperfect" follows each with p 0.6
+    sft_data: str = "both"  # what M1's SFT trains on: "both" (the paper: IFT + EFT), or a departure: "eft"
+    # (judging only, answering left as M0 had it) or "ift"
     # M1: SFT on IFT + EFT
     sft_steps: int = 700  # the M1 judge is what SFT length buys (README, Measured figures)
     sft_lr: float = 2e-3
@@ -100,6 +104,8 @@ class Config:
     temperature: float = 0.7  # candidates, judgments and evaluation samples
     top_p: float = 0.9
     judge_samples: int = 3
+    judge_score: str = "sampled"  # "sampled": each judgment's written score (the paper); "expected", a
+    # departure: its probability-weighted score over the digits 0..5, read by one more forward
     max_response_tokens: int = 48
     max_judge_tokens: int = 80
     eft_pairs: int = 0  # a departure from the paper (0 = off): each round M_t judges this many seed EFT
@@ -399,7 +405,8 @@ def run(cfg: Config) -> dict:
 
     # M1 = SFT on IFT + EFT (EFT: the judge prompt -> a justification ending in "Score: k").
     eft = [J.eft_example(e["instruction"], e["response"], e["judgment"], rubric) for e in data["eft"]]
-    sft_examples = [{"prompt": r["prompt"], "response": r["response"]} for r in data["ift"]] + eft
+    ift = [{"prompt": r["prompt"], "response": r["response"]} for r in data["ift"]]
+    sft_examples = {"both": ift + eft, "ift": ift, "eft": eft}[cfg.sft_data]
     sft_cfg = train_config(cfg, "sft", cfg.sft_batch, steps=cfg.sft_steps, lr=cfg.sft_lr,
                            min_lr=cfg.sft_min_lr, warmup=cfg.sft_steps // 20, seed=cfg.seed + 1, dropout=cfg.dropout,
                            log_every=max(cfg.sft_steps // 10, 1), max_len=m0.args.max_seq_len)
@@ -449,7 +456,8 @@ def mtbench(cfg: Config, forward, tok, name: str):
 
 
 CHOICES = {"world": ("auto", "toy", "real", "none"), "pairs_from": ("judge", "random", "oracle"), "prompt_model": ("base", "current"),
-           "generation_layout": ("auto", "fsdp", "tp")}
+           "generation_layout": ("auto", "fsdp", "tp"), "ift_seed": ("imperfect", "passing"),
+           "sft_data": ("both", "ift", "eft"), "judge_score": ("sampled", "expected")}
 
 
 def field_help() -> dict:
@@ -508,6 +516,8 @@ def validate(cfg: Config):
         raise ValueError("--world none needs --data DIR (data.py's contract: ift, eft, eval and optionally rm .jsonl)")
     if cfg.world == "auto":
         raise ValueError("--world auto is for the command line (toy, or none with --data): pass toy, real or none")
+    if cfg.ift_seed != "imperfect" and cfg.world != "real":
+        raise ValueError(f"--ift-seed {cfg.ift_seed} chooses the real world's seed answers: it needs --world real")
     if cfg.pairs_from == "oracle" and cfg.world == "none":
         raise ValueError("--pairs-from oracle picks pairs by the ground truth: it needs --world toy or real")
     for name, allowed in CHOICES.items():

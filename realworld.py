@@ -432,10 +432,10 @@ def filter_pairs(pairs: list[dict]) -> tuple[list[dict], dict]:
     return kept, counts
 
 
-def _ift_row(rng: random.Random, p: dict) -> dict:
-    """A seed demonstration: the real answer, each instruction followed with probability FOLLOW_P."""
+def _ift_row(rng: random.Random, p: dict, follow_p: float = FOLLOW_P) -> dict:
+    """A seed demonstration: the real answer, each instruction followed with probability follow_p."""
     ins = sample_instructions(rng, p["prompt"], p["response"], rng.choice(N_INSTRUCTIONS))
-    todo = [i for i in ins if rng.random() < FOLLOW_P]
+    todo = [i for i in ins if rng.random() < follow_p]
     return {"prompt": with_instructions(p["prompt"], ins), "response": follow_all(p["response"], todo, rng),
             "instructions": ins}
 
@@ -468,12 +468,34 @@ def _eval_row(rng: random.Random, p: dict) -> dict:
     return {"prompt": with_instructions(p["prompt"], ins), "instructions": ins}
 
 
+def seed_ift(rng: random.Random, train: list[dict], n: int, ift_seed: str) -> tuple[list[dict], int]:
+    """n seed IFT rows from the train prompts, in order, and how many prompts that took.
+    "imperfect": every row, each instruction followed with probability FOLLOW_P, as human data is.
+    "passing": every instruction rewritten in, and only rows whose response passes all its checks kept:
+    the ground truth curates the seed, as the paper's seed is human-ranked (and as SmolLM2's own
+    constraint data kept only answers that pass IFEval's checker)."""
+    if ift_seed not in ("imperfect", "passing"):
+        raise ValueError(f"realworld: ift_seed must be 'imperfect' or 'passing', not {ift_seed!r}")
+    rows, used = [], 0
+    for p in train:
+        if len(rows) == n:
+            break
+        used += 1
+        row = _ift_row(rng, p, FOLLOW_P if ift_seed == "imperfect" else 1.0)
+        if ift_seed == "imperfect" or all(grade(row, row["response"])["followed"]):
+            rows.append(row)
+    if len(rows) < n:
+        raise ValueError(f"realworld.make_data: {n} {ift_seed} IFT rows asked, {len(rows)} made from "
+                         f"{len(train)} train prompts")
+    return rows, used
+
+
 def make_data(pairs: list[dict], n_ift: int, n_eft: int, n_eval: int, n_rm: int, seed: int,
-              rm_responses: int = 4) -> dict:
+              rm_responses: int = 4, ift_seed: str = "imperfect") -> dict:
     """{"ift", "eft", "eval", "rm"} rows from ShareGPT first turns {"id", "prompt", "response"}.
     IFT and EFT come from train base prompts (EFT reuses IFT's, with new instructions, when it runs out);
     eval and rm from held-out ones (is_heldout), disjoint. Each split has its own generator, so changing
-    one size leaves the other splits as they were."""
+    one size leaves the other splits as they were. ift_seed: seed_ift's choice."""
     kept, _ = filter_pairs(pairs)
     train = [p for p in kept if not is_heldout(p["prompt"])]
     held = [p for p in kept if is_heldout(p["prompt"])]
@@ -485,8 +507,9 @@ def make_data(pairs: list[dict], n_ift: int, n_eft: int, n_eval: int, n_rm: int,
     rng = {k: random.Random(f"realworld-{seed}-{k}") for k in ("train", "held", "ift", "eft", "eval", "rm")}
     rng["train"].shuffle(train)
     rng["held"].shuffle(held)
-    eft_pool = train[n_ift:] + train[:n_ift]  # unused prompts first
-    return {"ift": [_ift_row(rng["ift"], p) for p in train[:n_ift]],
+    ift, used = seed_ift(rng["ift"], train, n_ift, ift_seed)
+    eft_pool = train[used:] + train[:used]  # unused prompts first
+    return {"ift": ift,
             "eft": [_eft_row(rng["eft"], eft_pool[k % len(eft_pool)]) for k in range(n_eft)],
             "eval": [_eval_row(rng["eval"], p) for p in held[:n_eval]],
             "rm": [_rm_row(rng["rm"], p, rm_responses) for p in held[n_eval:n_eval + n_rm]]}
@@ -508,7 +531,8 @@ def world_data(cfg) -> dict:
     """Seed data and held-out sets from ShareGPT (cfg.sharegpt, or the packaged copy), sized by the config."""
     import data  # lazy: grading needs no reader
     conversations, _ = data.read_sharegpt(cfg.sharegpt or None)
-    return make_data(data.sharegpt_first_turns(conversations), cfg.n_ift, cfg.n_eft, cfg.n_eval, cfg.n_rm, cfg.seed)
+    return make_data(data.sharegpt_first_turns(conversations), cfg.n_ift, cfg.n_eft, cfg.n_eval, cfg.n_rm, cfg.seed,
+                     ift_seed=cfg.ift_seed)
 
 
 def score(row: dict, response: str) -> float:

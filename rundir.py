@@ -39,12 +39,12 @@ from common import barrier, is_main, iter_jsonl, log, read_json_object, read_jso
 # What shapes each stage, by group, in run order (loop.Config's fields; tests/test_rundir.py checks that
 # every field is in exactly one group or in HARMLESS).
 GROUPS = {
-    "data": ("seed", "world", "data", "sharegpt", "n_ift", "n_eft", "n_eval", "n_rm"),
+    "data": ("seed", "world", "data", "sharegpt", "n_ift", "n_eft", "n_eval", "n_rm", "ift_seed"),
     "M0": ("init", "preset", "micro_batch", "pretrain_steps", "pretrain_lr", "pretrain_batch",
            "pretrain_seq_len", "pretrain_chars", "pretrain_task_lists", "pretrain_graded"),
     "rubric": ("judge_prompt",),  # the judge prompt: M1's EFT examples, and every judging after
-    "sft": ("sft_steps", "sft_lr", "sft_min_lr", "sft_batch", "dropout"),
-    "sampling": ("temperature", "top_p", "compile", "judge_samples", "max_response_tokens", "max_judge_tokens",
+    "sft": ("sft_data", "sft_steps", "sft_lr", "sft_min_lr", "sft_batch", "dropout"),
+    "sampling": ("temperature", "top_p", "compile", "judge_samples", "judge_score", "max_response_tokens", "max_judge_tokens",
                  "generation_layout"),
     "eval": ("eval_greedy", "h2h_judge", "n_diversity"),
     "prompts": ("n_prompts", "prompt_model", "prompt_temperature", "max_prompt_tokens", "rouge_threshold"),

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import hf
+import realworld
 from model import ModelArgs, Transformer
 from test_realworld import fixture_pairs
 
@@ -119,6 +120,29 @@ def test_real_world_loop_on_a_hugging_face_folder(tmp_path, tiny_hf):
     k = lines[head].split(" | ").index("pairs built")
     rows = {r[0].lstrip("| "): r for r in (line.split(" | ") for line in lines[head + 2:head + 5])}
     assert rows["M0"][k] == rows["M1"][k] == "-" and rows["M2"][k] == str(stats["pairs"])  # round 1 made M2
+
+
+def test_real_world_levers_passing_seed_eft_only_sft_and_expected_scores(tmp_path, tiny_hf):
+    """--ift-seed passing, --sft-data eft and --judge-score expected, each doing what it says: every seed
+    answer passes its checks, M1 trains on the EFT rows alone, and the judge's RM metrics come in both
+    readings of the same judgments (expected, and the paper's sampled one)."""
+    sharegpt_file(tmp_path / "sharegpt.json")
+    run = tmp_path / "run"
+    cmd = [sys.executable, os.path.join(ROOT, "loop.py"), "--world", "real", "--init", str(tiny_hf),
+           "--sharegpt", str(tmp_path / "sharegpt.json"), "--run-dir", str(run), "--iterations", "0",
+           "--n-ift", "8", "--n-eft", "6", "--n-eval", "4", "--n-rm", "2", "--sft-steps", "1", "--sft-batch", "4",
+           "--sft-lr", "1e-6", "--max-response-tokens", "12", "--max-judge-tokens", "6", "--no-mtbench",
+           "--no-eval-m0", "--n-diversity", "0", "--batch-size", "64", "--no-compile",
+           "--ift-seed", "passing", "--sft-data", "eft", "--judge-score", "expected"]
+    p = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    ift = [json.loads(line) for line in open(run / "data/ift.jsonl")]
+    assert len(ift) == 8 and all(all(realworld.grade(r, r["response"])["followed"]) for r in ift)
+    assert "== M1: sft, 6 examples" in p.stdout + p.stderr  # the 6 EFT rows, none of the 8 IFT
+    judge = json.load(open(run / "eval/M1.json"))["judge"]
+    assert set(judge["sampled_reading"]) == {"pairwise_accuracy", "five_best", "exact_match", "spearman",
+                                             "kendall_tau"}
+    assert judge["parse_rate"] > 0.5  # the scripted judge writes "Score: k", which both readings read
 
 
 def test_own_data_without_ground_truth(tmp_path, tiny_hf):

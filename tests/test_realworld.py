@@ -352,6 +352,27 @@ def test_make_data_deterministic_and_seeded():
     assert a["eval"] == rw.make_data(fixture_pairs(), 25, 12, 5, 3, seed=1)["eval"]  # other sizes leave eval be
 
 
+def test_passing_ift_seed_follows_every_instruction_and_leaves_the_held_out_sets():
+    imperfect = rw.make_data(fixture_pairs(), 20, 10, 5, 3, seed=1)
+    passing = rw.make_data(fixture_pairs(), 20, 10, 5, 3, seed=1, ift_seed="passing")
+    assert len(passing["ift"]) == 20 and rw.seed_accuracy(passing["ift"])["prompt_acc"] == 1.0
+    assert rw.seed_accuracy(imperfect["ift"])["prompt_acc"] < 1.0
+    assert passing["eval"] == imperfect["eval"] and passing["rm"] == imperfect["rm"]
+    assert passing["ift"][0]["prompt"] == imperfect["ift"][0]["prompt"]  # the same draws, then all followed
+    with pytest.raises(ValueError, match="'imperfect' or 'passing'"):
+        rw.make_data(fixture_pairs(), 20, 10, 5, 3, seed=1, ift_seed="best")
+
+
+def test_passing_ift_seed_drops_rows_that_fail_a_check(monkeypatch):
+    """A rewrite that does not do what it should: such rows are dropped, never kept as passing."""
+    broken = rw.INSTRUCTIONS["no_comma"].__class__(**{**rw.INSTRUCTIONS["no_comma"].__dict__,
+                                                       "follow": lambda r, kw, rng: r + ", "})
+    monkeypatch.setitem(rw.INSTRUCTIONS, "no_comma", broken)
+    d = rw.make_data(fixture_pairs(), 12, 4, 5, 3, seed=1, ift_seed="passing")
+    assert all("no_comma" not in [i["id"] for i in r["instructions"]] for r in d["ift"])
+    assert rw.seed_accuracy(d["ift"])["prompt_acc"] == 1.0
+
+
 def test_make_data_truth_ignores_what_follow_meant(monkeypatch):
     # A follow() that silently does nothing: the data must then say those instructions were not followed.
     broken = rw.INSTRUCTIONS["no_comma"].__class__(**{**rw.INSTRUCTIONS["no_comma"].__dict__,
@@ -382,7 +403,7 @@ def test_world_interface(monkeypatch):
     convs = [{"id": p["id"], "conversations": [{"from": "human", "value": p["prompt"]},
                                               {"from": "gpt", "value": p["response"]}]} for p in fixture_pairs()]
     monkeypatch.setattr(data, "read_sharegpt", lambda path=None: (convs, {"path": path}))
-    cfg = types.SimpleNamespace(sharegpt="", n_ift=12, n_eft=8, n_eval=4, n_rm=3, seed=0)
+    cfg = types.SimpleNamespace(sharegpt="", n_ift=12, n_eft=8, n_eval=4, n_rm=3, seed=0, ift_seed="imperfect")
     d = rw.world_data(cfg)
     assert d == rw.make_data(fixture_pairs(), 12, 8, 4, 3, seed=0)
     row = {"prompt": "Hi. Answer with less than 3 words.", "instructions": [ins("word_limit", n=3)]}
