@@ -90,7 +90,7 @@ def sampling(cfg, temperature: float, stream: str) -> dict:
     """generate_many's sampling settings; the stage's random streams are named by the run's seed and
     `stream` (each row then by its prompt and sample index: generate.row_key)."""
     return dict(temperature=temperature, top_p=cfg.top_p, seed=stream_seed(cfg, stream),
-                compile=cfg.compile, batch_size=cfg.batch_size)
+                compile=cfg.compile, batch_size=cfg.batch_size, kernels=cfg.kernels)
 
 
 def respond(model, tok, cfg, prompts: list[str], n: int, temperature: float, stream: str, what: str) -> list[list[str]]:

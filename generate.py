@@ -320,13 +320,15 @@ def fit_prompts(prompts: list[list[int]], max_new_tokens: int, max_seq_len: int,
 def generate(model, prompts: list[list[int]], max_new_tokens: int, *, num_samples: int = 1,
              temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, stop_ids=(), seed=0,
              indices: list[int] | None = None, compile: bool = False, pad_id: int = 0,
-             cache_multiple: int = 64, vocab_limit: int | None = None) -> list[list[int]]:
+             cache_multiple: int = 64, vocab_limit: int | None = None, kernels: str = "default") -> list[list[int]]:
     """Sample continuations of a batch of token-id prompts. Returns only the new tokens of each row,
     up to and including its first stop id (a row without one ran out of max_new_tokens).
     num_samples > 1 prefills each prompt once and samples it that many times: rows come back
     grouped per prompt, [p0 s0, p0 s1, ..., p1 s0, ...]. Sample s of prompt i draws from the stream
     row_key(seed, indices[i], s); indices (default 0, 1, ...) are the prompts' places in the whole request.
-    A prompt too long for max_new_tokens keeps its last tokens (fit_prompts); vocab_limit: see sample."""
+    A prompt too long for max_new_tokens keeps its last tokens (fit_prompts); vocab_limit: see sample.
+    kernels: the Linear kernels of prefill and decode on CPU (cpu_decode.generation_linears): "default"
+    (torch's own, today's numerics), "onednn" (fp32, equal to rounding) or "bf16" (a numerics change)."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("generate: every prompt needs at least one token")
     indices = range(len(prompts)) if indices is None else indices
@@ -336,12 +338,13 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, *, num_sample
     device = model.tok_embeddings.weight.device
     tokens, seq_ids, positions, L, P, S = (t if isinstance(t, int) else t.to(device) for t in batch_layout(
         prompts, max_new_tokens, model.args.max_seq_len, pad_id, cache_multiple))
-    logits = prefill(model, tokens, seq_ids, positions, L, P, S)
+    with cpu_decode.generation_linears(model, kernels):
+        logits = prefill(model, tokens, seq_ids, positions, L, P, S)
     if num_samples > 1:
         logits, seq_ids, positions = repeat_rows(model, num_samples, logits, seq_ids, positions)
     keys = torch.tensor([row_key(seed, i, s) for i in indices for s in range(num_samples)], device=device)
     swap = cpu_decode.decode_linears(model) if compile and device.type == "cpu" else contextlib.nullcontext()
-    with swap:
+    with cpu_decode.generation_linears(model, kernels), swap:  # the kernels asked for take precedence
         out = decode(model, logits, seq_ids, positions, keys, P, max_new_tokens, compile,
                      dict(temperature=temperature, top_p=top_p, top_k=top_k, vocab_limit=vocab_limit),
                      stop_ids, pad_id)
@@ -459,6 +462,8 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=1, help="repeat the prompt this many times (throughput)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compile", action="store_true", help="torch.compile the decode step")
+    p.add_argument("--kernels", default="default", choices=cpu_decode.KERNELS,
+                   help="CPU Linear kernels: default (torch's), onednn (fp32), bf16 (a numerics change)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     a = p.parse_args(argv)
@@ -480,7 +485,7 @@ def main(argv=None):
     ids = tok.encode_chat_prompt(a.prompt) if a.chat else tok.encode(a.prompt, bos=tok.bos_id is not None)
     prompts = [ids] * a.batch
     kw = dict(temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, stop_ids=tok.stop_ids,
-              compile=a.compile, vocab_limit=tok.n_words)
+              compile=a.compile, vocab_limit=tok.n_words, kernels=a.kernels)
     if a.compile:  # the first call compiles; time it apart from the measured run. Same length: the
         t0 = time.time()  # cache length is part of the compiled step's shapes
         generate(model, prompts, a.max_new_tokens, seed=a.seed, **kw)

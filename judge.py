@@ -138,18 +138,19 @@ def eft_example(instruction: str, response: str, judgment: str, rubric: Rubric =
 def judge(model, tokenizer, items: list[tuple[str, str]], *, samples: int = 3, temperature: float = 0.7,
           top_p: float = 0.9, max_new_tokens: int = 128, batch_size: int = 64, seed=0,
           compile: bool = False, progress: str | None = None, rubric: Rubric = FIG2,
-          score: str = "sampled") -> list[dict]:
+          score: str = "sampled", kernels: str = "default") -> list[dict]:
     """LLM-as-a-Judge on (instruction, response) items, `samples` sampled judgments each (Section 3.3:
     3 samples at T=0.7, top-p 0.9, averaged). Returns per item {"score": mean or None, "scores": [...],
     "raw": [judge texts]}; raw judgments are kept so that nothing is lost. score: "sampled" reads each
-    judgment's written score (the paper), "expected" its probability-weighted score (expected_scores)."""
+    judgment's written score (the paper), "expected" its probability-weighted score (expected_scores).
+    kernels: generate's CPU Linear kernels (cpu_decode.generation_linears)."""
     from generate import generate_many
 
     prompts = [tokenizer.encode_chat_prompt(rubric.fill(i, r)) for i, r in items]
     outs = generate_many(model, prompts, max_new_tokens, batch_size=batch_size, num_samples=samples,
                          temperature=temperature, top_p=top_p, stop_ids=tokenizer.stop_ids,
                          seed=seed, compile=compile, pad_id=tokenizer.pad_id, progress=progress,
-                         vocab_limit=tokenizer.n_words)
+                         vocab_limit=tokenizer.n_words, kernels=kernels)
     if samples == 1:  # generate_many gives one token list per prompt then, not a list of samples
         outs = [[o] for o in outs]
     raws = [[tokenizer.decode([t for t in o if t not in tokenizer.stop_ids]) for o in out] for out in outs]

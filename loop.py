@@ -73,6 +73,8 @@ class Config:
     device: str = "cpu"
     threads: int = 0  # torch threads; 0 = torch's default
     compile: bool = False  # torch.compile the decode step (README, Measured figures: where it pays off)
+    kernels: str = "default"  # generation's CPU Linear kernels: "default" (torch's), "onednn" (fp32, equal to
+    # rounding) or "bf16" (a numerics change); README, "Speed on the real path"
     # M0: the toy base model, pretrained on the toy world's text
     pretrain_steps: int = 800
     pretrain_lr: float = 3e-3
@@ -457,7 +459,8 @@ def mtbench(cfg: Config, forward, tok, name: str):
 
 CHOICES = {"world": ("auto", "toy", "real", "none"), "pairs_from": ("judge", "random", "oracle"), "prompt_model": ("base", "current"),
            "generation_layout": ("auto", "fsdp", "tp"), "ift_seed": ("imperfect", "passing"),
-           "sft_data": ("both", "ift", "eft"), "judge_score": ("sampled", "expected")}
+           "sft_data": ("both", "ift", "eft"), "judge_score": ("sampled", "expected"),
+           "kernels": ("default", "onednn", "bf16")}
 
 
 def field_help() -> dict:

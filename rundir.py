@@ -44,7 +44,7 @@ GROUPS = {
            "pretrain_seq_len", "pretrain_chars", "pretrain_task_lists", "pretrain_graded"),
     "rubric": ("judge_prompt",),  # the judge prompt: M1's EFT examples, and every judging after
     "sft": ("sft_data", "sft_steps", "sft_lr", "sft_min_lr", "sft_batch", "dropout"),
-    "sampling": ("temperature", "top_p", "compile", "judge_samples", "judge_score", "max_response_tokens", "max_judge_tokens",
+    "sampling": ("temperature", "top_p", "compile", "judge_samples", "judge_score", "kernels", "max_response_tokens", "max_judge_tokens",
                  "generation_layout"),
     "eval": ("eval_greedy", "h2h_judge", "n_diversity"),
     "prompts": ("n_prompts", "prompt_model", "prompt_temperature", "max_prompt_tokens", "rouge_threshold"),

@@ -3,6 +3,7 @@ are swapped in and out without touching the model's parameters."""
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import cpu_decode as D
 import model as M
@@ -47,3 +48,32 @@ def test_decode_linears_swaps_every_linear_in_and_back():
         assert not any(type(x) is nn.Linear for x in m.modules())
     assert sum(type(x) is nn.Linear for x in m.modules()) == n_linear
     assert all(p is params[n] for n, p in m.named_parameters()) and m.output.weight is m.tok_embeddings.weight
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs oneDNN")
+@pytest.mark.parametrize("kernels,rtol", [("onednn", 1e-5), ("bf16", 2e-2)])
+def test_generation_linears_equal_f_linear_to_their_tolerance_and_swap_back(kernels, rtol):
+    """Under generation_linears every Linear of the model takes the kernel asked for (the output layer fp32
+    oneDNN under bf16), equals F.linear to the kernel's tolerance (bf16: its 8-bit mantissa), and is plain
+    nn.Linear again after. With autograd on a trainable weight it is F.linear exactly."""
+    torch.manual_seed(0)
+    m = M.Transformer(M.preset("toy"))
+    m.init_weights(seed=0)
+    lin, out = m.layers[0].feed_forward.w1, m.output
+    x = torch.randn(3, 5, lin.in_features)
+    with torch.no_grad():
+        want_lin, want_out = F.linear(x, lin.weight), F.linear(x, out.weight)
+        with D.generation_linears(m, kernels):
+            assert type(lin) is (D.BF16Linear if kernels == "bf16" else D.OneDNNLinear)
+            assert type(out) is D.OneDNNLinear
+            got_lin, got_out = lin(x), out(x)
+    for got, want in ((got_lin, want_lin), (got_out, want_out)):
+        assert got.dtype == torch.float32
+        err = (got - want).abs().max() / want.abs().max()
+        assert err < rtol and (kernels == "onednn" or got is got_out or err > 1e-6)  # bf16 really is bf16
+    with D.generation_linears(m, kernels):
+        y = lin(x)
+        assert torch.equal(y, F.linear(x, lin.weight)) and y.requires_grad
+    assert sum(type(x) is nn.Linear for x in m.modules()) == 7 * m.args.n_layers + 1
+    with pytest.raises(ValueError, match="generation kernels"):
+        D.generation_linears(m, "fp8")

@@ -360,3 +360,17 @@ def test_padded_vocabulary_ids_are_never_sampled(tiny):
     for kw in (dict(temperature=1.0), dict(temperature=0.6, top_p=0.9), dict(temperature=0)):
         outs = G.generate_many(m, prompts, 6, num_samples=2, vocab_limit=500, **kw)
         assert all(t < 500 for o in outs for s in o for t in s), kw
+
+
+@pytest.mark.parametrize("kernels", ["onednn", "bf16"])
+def test_generation_kernels_keep_greedy_tokens_and_row_independence(tiny, kernels):
+    """generate's other kernels (cpu_decode.generation_linears) give the default's greedy tokens on a model
+    with clear margins, and a row's samples still do not depend on its batch (generate_many at two
+    batch sizes, num_samples > 1): the property the loop's byte-identity rests on."""
+    rng = random.Random(6)
+    prompts = [[rng.randrange(1, 512) for _ in range(n)] for n in (3, 9, 5, 12)]
+    assert G.generate(tiny, prompts, 6, temperature=0, kernels=kernels) == G.generate(tiny, prompts, 6, temperature=0)
+    kw = dict(num_samples=2, temperature=1.0, top_p=0.9, seed=3, kernels=kernels)
+    assert G.generate_many(tiny, prompts, 8, batch_size=2, **kw) == G.generate_many(tiny, prompts, 8, batch_size=8, **kw)
+    with pytest.raises(ValueError, match="generation kernels"):
+        G.generate(tiny, prompts, 2, kernels="fp8")

@@ -205,4 +205,6 @@ def test_head_to_head_counts_both_orders(monkeypatch):
     outs = [[[ord(c) for c in "Fine. Score: 4"]] * 3]  # one item, 3 sampled judgments
     res = J.judge(None, Tok(), [("q", "a")], samples=3)
     assert res[0]["score"] == 4.0 and seen[0][1]["vocab_limit"] == 300
+    J.judge(None, Tok(), [("q", "a")], samples=3, kernels="bf16")
+    assert seen[-1][1]["kernels"] == "bf16"  # --kernels reaches the judge's generation
     assert J.fill_pairwise("{instruction}|{response_a}|{response_b}", "q", "a", "b") == "q|a|b"

@@ -418,3 +418,14 @@ def test_the_toy_report_and_plot_need_neither_greedy_quality_nor_an_rm_set(tmp_p
     md = (tmp_path / "results.md").read_text()
     assert "| M2 | 3.000 ± 0.500 | - |" in md and (tmp_path / "results.png").read_bytes() == b"png"
     assert plotted == ["true quality / 5"]  # no judge curve: there was no RM set to judge
+
+
+def test_kernels_flag_reaches_every_sampling_stage():
+    """--kernels goes into the settings every generate_many call of the loop takes (evaluation.sampling:
+    answers, candidates, self-instruction, MT-Bench; judge.judge gets it from there too), and into the
+    sampling stages' fingerprint, since bf16 changes what is sampled."""
+    cfg = loop.parse_args(["--kernels", "bf16"])
+    assert E.sampling(cfg, 0.7, "eval responses")["kernels"] == "bf16"
+    assert E.sampling(loop.parse_args([]), 0.7, "eval responses")["kernels"] == "default"
+    import rundir
+    assert "kernels" in rundir.GROUPS["sampling"]
