@@ -27,7 +27,7 @@ class CharTok:
 
 def cfg(n_prompts=3):
     return SimpleNamespace(seed=0, n_prompts=n_prompts, max_prompt_tokens=40, prompt_temperature=0.6,
-                           top_p=0.9, compile=False, batch_size=8, rouge_threshold=0.7)
+                           top_p=0.9, compile=False, batch_size=8, rouge_threshold=0.7, kernels="default")
 
 
 IFT = ["Name a red fruit", "List three rivers in Europe", "Explain why the sky is blue",
