@@ -75,6 +75,7 @@ class Config:
     compile: bool = False  # torch.compile the decode step (README, Measured figures: where it pays off)
     kernels: str = "default"  # generation's CPU Linear kernels: "default" (torch's), "onednn" (fp32, equal to
     # rounding) or "bf16" (a numerics change); README, "Speed on the real path"
+
     # M0: the toy base model, pretrained on the toy world's text
     pretrain_steps: int = 800
     pretrain_lr: float = 3e-3
@@ -83,6 +84,7 @@ class Config:
     pretrain_chars: int = 400_000  # sentences about the words
     pretrain_task_lists: int = 1000  # few-shot lists of tasks (what self-instruction continues)
     pretrain_graded: int = 25_000  # graded answers in plain text
+
     # seed data (the paper: 3,200 IFT; 1,630 EFT train)
     n_ift: int = 3200
     n_eft: int = 4800
@@ -90,11 +92,13 @@ class Config:
     # (the ground truth curates the seed, as humans ranked the paper's); "imperfect" follows each with p 0.6
     sft_data: str = "both"  # what M1's SFT trains on: "both" (the paper: IFT + EFT), or a departure: "eft"
     # (judging only, answering left as M0 had it) or "ift"
+
     # M1: SFT on IFT + EFT
     sft_steps: int = 700  # the M1 judge is what SFT length buys (README, Measured figures)
     sft_lr: float = 2e-3
     sft_min_lr: float = 2e-4
     sft_batch: int = 24
+
     # AIFT(M_t)
     n_prompts: int = 384  # self-instruct prompts generated per iteration (before filtering)
     prompt_model: str = "base"  # who writes new prompts: "base" = the fixed M0 (the paper used a fixed
@@ -130,6 +134,7 @@ class Config:
     dropout: float = 0.1  # SFT and DPO, as the paper; a pretrained model that never saw dropout wants 0 (README)
     rpo_alpha: float = 1.0  # Iterative RPO's NLL term on the chosen response (Pang et al. 2024); 0 = the
     # paper's plain DPO (README: what each gave)
+
     # evaluation
     n_eval: int = 400  # held-out prompts; with far fewer, the models' differences drown in sampling noise
     n_rm: int = 100  # held-out reward-modelling prompts, each with 4 responses of differing true score
@@ -464,7 +469,8 @@ CHOICES = {"world": ("auto", "toy", "real", "none"), "pairs_from": ("judge", "ra
 
 
 def field_help() -> dict:
-    """Each Config field's comment in the source above (with its continuation lines): the --help text."""
+    """Each Config field's comment in the source above (with its continuation lines): the --help text. A
+    blank line ends a field's comment, so a section's heading after it is not read as its help."""
     out, name = {}, None
     for line in inspect.getsource(Config).splitlines():
         if m := re.match(r"\s+(\w+): [^=]+=[^#]*(?:#\s*(.*))?$", line):

@@ -348,6 +348,18 @@ def test_world_defaults_and_flags_given_win():
     assert data.world == "none" and data.run_dir == loop.NONE_DEFAULTS["run_dir"]
 
 
+def test_help_holds_each_fields_own_comment_and_no_section_heading():
+    """--help is read from Config's comments: a field's continuation lines join its help, and a section
+    heading after a blank line does not (it once ended --sft-batch's help with "AIFT(M_t)")."""
+    helps = loop.field_help()
+    assert set(helps) == set(loop.Config.__dataclass_fields__)
+    assert helps["sft_batch"] == "" and helps["pretrain_graded"] == "graded answers in plain text"
+    assert helps["sft_data"].endswith('or "ift"') and helps["rpo_alpha"].endswith("(README: what each gave)")
+    assert helps["judge_prompt"].endswith("a template file with {instruction} and {response}")  # continued
+    headings = ("AIFT(M_t)", "seed data (the paper", "M0: the toy", "M1: SFT on")
+    assert not [k for k, h in helps.items() if any(x in h for x in headings) or h.endswith(" evaluation")]
+
+
 def test_pair_truth_counts_better_ties_and_worse():
     class World:  # grades prompts that start with "graded"; a response's true score is its length
         @staticmethod
