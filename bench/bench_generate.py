@@ -6,6 +6,7 @@ transformers' generate runs on the same GGUF weights and the same prompt ids in 
 throwaway interpreter that is never a project dependency (--hf-python), and the ratio is reported.
 
     python bench/bench_generate.py                     # CPU, both decode modes, vs HF
+    python bench/bench_generate.py --modes eager --kernels default,onednn,bf16 --hf-python /tmp/hf/bin/python
     python bench/bench_generate.py --device cuda --dtype bfloat16 --no-hf --batches 1
 """
 import argparse
@@ -56,6 +57,8 @@ def main():
     p.add_argument("--new", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--modes", default="eager,compile")
+    p.add_argument("--kernels", default="default", help="comma list of generation's CPU Linear kernels "
+                   "(default, onednn, bf16: cpu_decode.generation_linears), each timed in every mode")
     p.add_argument("--hf-python", default="", help="a throwaway interpreter with transformers (README, \"Measured figures\"); without it no HF peer runs")
     p.add_argument("--no-hf", action="store_true")
     p.add_argument("--out", default=os.path.join(ROOT, "runs", "bench_generate.json"))
@@ -78,15 +81,17 @@ def main():
             source = "random prompt ids"
             g = torch.Generator().manual_seed(B)
             prompts = [torch.randint(0, model.args.vocab_size, (30 + i % 20,), generator=g).tolist() for i in range(B)]
-        for mode in a.modes.split(","):
-            kw = dict(temperature=0.7, top_p=0.9, stop_ids=(), compile=mode == "compile")  # exactly `new` tokens
+        for mode, kernels in [(m, k) for m in a.modes.split(",") for k in a.kernels.split(",")]:
+            kw = dict(temperature=0.7, top_p=0.9, stop_ids=(), compile=mode == "compile",  # exactly `new` tokens
+                      kernels=kernels)
 
             def run(n):
                 return lambda: generate(model, prompts, n, seed=0, **kw)
             t_compile = timed(run(a.new), device)  # first call: compiles the decode step for this shape
             prefill = min(timed(run(1), device) for _ in range(a.repeats))
             total = min(timed(run(a.new), device) for _ in range(a.repeats))
-            results.append({"impl": f"ours-{mode}", "batch": B, "prompt_len": max(map(len, prompts)), "new": a.new,
+            impl = f"ours-{mode}" + ("" if kernels == "default" else f"-{kernels}")
+            results.append({"impl": impl, "batch": B, "prompt_len": max(map(len, prompts)), "new": a.new,
                             "warmup_s": t_compile, "prefill_s": prefill, "total_s": total})
         if not a.no_hf and tok is not None and a.hf_python:
             with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
