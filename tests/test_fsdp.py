@@ -13,10 +13,11 @@ element nearly cancels, its few-ulp difference is a large relative one, and Adam
 each weight by up to lr (1e-2) whatever the gradient's size; 1e-4 is 1% of one such step.
 """
 import json
+import os
+import signal
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import dpo
@@ -24,7 +25,7 @@ import generate
 import packing
 import sharding
 from checkpoint import load_model, save_checkpoint
-from helpers import ByteTok, dpo_data, sft_data, tiny_model
+from helpers import ByteTok, dpo_data, sft_data, spawn_ranks, tiny_model
 
 TOL = 1e-4
 
@@ -60,43 +61,37 @@ def lockstep_prompts():
 
 
 def _worker(rank, world, tmp):
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{tmp}/rendezvous", rank=rank, world_size=world)
-    try:
-        tok, results = ByteTok(), {}
-        model, _ = sharding.load_for_training(f"{tmp}/m0", "cpu")
-        h = dpo.train(model, sft_data(), sft_cfg(out=f"{tmp}/fsdp_sft"), tokenizer=tok, eval_examples=sft_data(3, 1))
-        results["sft"] = [x["loss"] for x in h] + [h[-1]["eval_loss"]]
-        model, _ = sharding.load_for_training(f"{tmp}/m0", "cpu")  # killed after step 2; saved at step 2
-        h = dpo.train(model, dpo_data(), dpo_cfg(out=f"{tmp}/fsdp_dpo", save_every=2, stop_after=2), tokenizer=tok)
-        results["dpo"] = [x["loss"] for x in h] + [h[-1]["reward_accuracy"]]
-        model, _ = sharding.load_for_training(f"{tmp}/m0", "cpu")
-        h = dpo.train(model, mixed_data(), sft_cfg(dropout=0.2, micro_batch_size=2, out=f"{tmp}/fsdp_prefix"),
-                      tokenizer=tok)
-        results["dropout_shared_prefix"] = [x["loss"] for x in h]
-        model, _ = sharding.load_for_training(f"{tmp}/m0", "cpu")
-        h = dpo.train(model, dpo_data(), dpo_cfg(dropout=0.2, micro_batch_size=2), tokenizer=tok)
-        results["dropout_dpo"] = [x["loss"] for x in h]
-        model, _ = sharding.load_for_training(f"{tmp}/m0", "cpu")
-        h = dpo.train(model, sft_data(), sft_cfg(batch_size=3, dropout=0.2), tokenizer=tok)  # 3 micro-batches
-        results["uneven"] = [x["loss"] for x in h]
-        model, _ = sharding.load_for_training(f"{tmp}/m0", "cpu")
-        results["generated"] = generate.generate_many(model.eval(), lockstep_prompts(), 6, batch_size=2,
-                                                       temperature=1.0, seed="fsdp")
-        meta, _ = sharding.load_for_training("toy-test", "cpu")  # meta-device init of a preset, sharded
-        results["meta_ok"] = bool(torch.isfinite(meta(torch.zeros(1, 4, dtype=torch.long))).all())
-        if rank == 0:
-            with open(f"{tmp}/results.json", "w") as f:
-                json.dump(results, f)
-        dist.barrier()  # no rank tears gloo down while the other still talks to it (SIGABRT otherwise)
-    finally:
-        dist.destroy_process_group()
+    tok, results = ByteTok(), {}
+    model, _ = sharding.load_for_training(f"{tmp}/m0", "cpu")
+    h = dpo.train(model, sft_data(), sft_cfg(out=f"{tmp}/fsdp_sft"), tokenizer=tok, eval_examples=sft_data(3, 1))
+    results["sft"] = [x["loss"] for x in h] + [h[-1]["eval_loss"]]
+    model, _ = sharding.load_for_training(f"{tmp}/m0", "cpu")  # killed after step 2; saved at step 2
+    h = dpo.train(model, dpo_data(), dpo_cfg(out=f"{tmp}/fsdp_dpo", save_every=2, stop_after=2), tokenizer=tok)
+    results["dpo"] = [x["loss"] for x in h] + [h[-1]["reward_accuracy"]]
+    model, _ = sharding.load_for_training(f"{tmp}/m0", "cpu")
+    h = dpo.train(model, mixed_data(), sft_cfg(dropout=0.2, micro_batch_size=2, out=f"{tmp}/fsdp_prefix"),
+                  tokenizer=tok)
+    results["dropout_shared_prefix"] = [x["loss"] for x in h]
+    model, _ = sharding.load_for_training(f"{tmp}/m0", "cpu")
+    h = dpo.train(model, dpo_data(), dpo_cfg(dropout=0.2, micro_batch_size=2), tokenizer=tok)
+    results["dropout_dpo"] = [x["loss"] for x in h]
+    model, _ = sharding.load_for_training(f"{tmp}/m0", "cpu")
+    h = dpo.train(model, sft_data(), sft_cfg(batch_size=3, dropout=0.2), tokenizer=tok)  # 3 micro-batches
+    results["uneven"] = [x["loss"] for x in h]
+    model, _ = sharding.load_for_training(f"{tmp}/m0", "cpu")
+    results["generated"] = generate.generate_many(model.eval(), lockstep_prompts(), 6, batch_size=2,
+                                                   temperature=1.0, seed="fsdp")
+    meta, _ = sharding.load_for_training("toy-test", "cpu")  # meta-device init of a preset, sharded
+    results["meta_ok"] = bool(torch.isfinite(meta(torch.zeros(1, 4, dtype=torch.long))).all())
+    if rank == 0:
+        with open(f"{tmp}/results.json", "w") as f:
+            json.dump(results, f)
 
 
 def test_fsdp_two_ranks_match_one_process(tmp_path):
     tmp, tok = str(tmp_path), ByteTok()
     save_checkpoint(tiny_model(seed=11, tie_embeddings=True), f"{tmp}/m0")  # tied, as most presets
-    mp.spawn(_worker, args=(2, tmp), nprocs=2, join=True)
+    spawn_ranks(_worker, 2, tmp)
     with open(f"{tmp}/results.json") as f:
         got = json.load(f)
 
@@ -140,3 +135,14 @@ def test_fsdp_two_ranks_match_one_process(tmp_path):
     one, _ = load_model(f"{tmp}/m0")
     h = dpo.train(one, sft_data(), sft_cfg(batch_size=3, dropout=0.2), tokenizer=tok)
     assert got["uneven"] == pytest.approx([x["loss"] for x in h], rel=TOL)
+
+
+def _dies_mid_work(rank, world, tmp):
+    if rank == 1:
+        os.kill(os.getpid(), signal.SIGABRT)
+
+
+def test_a_rank_that_dies_before_finishing_fails_the_test(tmp_path):
+    """spawn_ranks forgives a death only after every rank finished its work (gloo's teardown)."""
+    with pytest.raises(mp.ProcessExitedException, match="SIGABRT"):
+        spawn_ranks(_dies_mid_work, 2, str(tmp_path))

@@ -11,8 +11,6 @@ import os
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import checkpoint
 import dpo
@@ -22,6 +20,7 @@ import plan
 import sharding
 from checkpoint import load_model
 from model import Transformer, preset
+from helpers import spawn_ranks
 from test_hf import known_model, write_hf_folder
 
 # An odd vocabulary, so that FSDP's shards of the embedding are uneven (255 and 254 rows); GQA; q/k/v biases.
@@ -78,63 +77,54 @@ def test_read_rows_reads_only_those_bytes(tmp_path):
 
 # ----------------------------------------------------------------------------- 2 ranks
 
-def _init(rank, world, tmp):
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{tmp}/rendezvous", rank=rank, world_size=world)
-
-
 def _load_worker(rank, world, tmp):
-    _init(rank, world, tmp)
-    try:
-        out = {}
-        for folder in ("hf", "meta"):
-            model, _ = sharding.load_for_training(f"{tmp}/{folder}", "cpu")
-            local = sum(p.to_local().numel() for p in model.parameters())
-            state, _ = sharding.full_state(model)  # gathered to rank 0 only
-            ref = load_model(f"{tmp}/{folder}")[0]
-            out[folder] = {"equal": rank > 0 or all(torch.equal(state[k], v) for k, v in ref.state_dict().items()),
-                           "local_fraction": local / ref.num_params()}
-        # tensor-parallel greedy decoding against one process, and its logits
-        model, _ = sharding.load_for_generation(f"{tmp}/hf", "cpu")
-        ref = load_model(f"{tmp}/hf")[0].eval()
-        prompts = [list(range(5, 30)), [7, 8, 9], list(range(100, 140))]
-        out["tp"] = model.tensor_parallel
-        out["tokens"] = generate.generate(model, prompts, 16, temperature=0.0) == generate.generate(ref, prompts, 16, temperature=0.0)
-        x = torch.tensor([prompts[0]])
-        with torch.no_grad():
-            out["logit_diff"] = float((model(x) - ref(x)).abs().max())
-        out["local_wq"] = tuple(model.layers[0].attention.wq.weight.to_local().shape)
-        # DPO's reference against the policy at step 0 (dropout 0): scored by the FSDP training model
-        # itself (what loop.py does) they are equal
-        tp_model, policy = model, sharding.load_for_training(f"{tmp}/hf", "cpu")[0]
-        pairs = [{"prompt_ids": prompts[i][:5], "chosen_ids": prompts[i][5:12], "rejected_ids": prompts[i][12:]}
-                 for i in (0, 2)]
-        step0 = dpo.batch_logps(policy.train(), pairs, "dpo", torch.device("cpu"))[0].detach()  # (4,)
-        for name, scorer in (("ref_fsdp", policy), ("ref_tp", tp_model)):
-            refs = dpo.compute_reference_logps(scorer, [dict(p) for p in pairs], max_len=64)
-            ref = torch.tensor([r["ref_chosen"] for r in refs] + [r["ref_rejected"] for r in refs])
-            out[name] = float((step0.double() - ref).abs().max())
-        # activation checkpointing under FSDP: the same gradients
-        grads = []
-        for ac in (False, True):
-            model, _ = sharding.load_for_training(f"{tmp}/meta", "cpu")
-            model.checkpoint_blocks = ac
-            model.train()
-            loss = model(torch.tensor([prompts[0], prompts[2][:25]])).float().logsumexp(-1).mean()
-            loss.backward()
-            grads.append({n: p.grad.full_tensor() for n, p in model.named_parameters()})
-        out["ac_grad_diff"] = max(float((grads[0][n] - grads[1][n]).abs().max()) for n in grads[0])
-        with open(f"{tmp}/result{rank}.json", "w") as f:
-            json.dump(out, f)
-    finally:
-        dist.destroy_process_group()
+    out = {}
+    for folder in ("hf", "meta"):
+        model, _ = sharding.load_for_training(f"{tmp}/{folder}", "cpu")
+        local = sum(p.to_local().numel() for p in model.parameters())
+        state, _ = sharding.full_state(model)  # gathered to rank 0 only
+        ref = load_model(f"{tmp}/{folder}")[0]
+        out[folder] = {"equal": rank > 0 or all(torch.equal(state[k], v) for k, v in ref.state_dict().items()),
+                       "local_fraction": local / ref.num_params()}
+    # tensor-parallel greedy decoding against one process, and its logits
+    model, _ = sharding.load_for_generation(f"{tmp}/hf", "cpu")
+    ref = load_model(f"{tmp}/hf")[0].eval()
+    prompts = [list(range(5, 30)), [7, 8, 9], list(range(100, 140))]
+    out["tp"] = model.tensor_parallel
+    out["tokens"] = generate.generate(model, prompts, 16, temperature=0.0) == generate.generate(ref, prompts, 16, temperature=0.0)
+    x = torch.tensor([prompts[0]])
+    with torch.no_grad():
+        out["logit_diff"] = float((model(x) - ref(x)).abs().max())
+    out["local_wq"] = tuple(model.layers[0].attention.wq.weight.to_local().shape)
+    # DPO's reference against the policy at step 0 (dropout 0): scored by the FSDP training model
+    # itself (what loop.py does) they are equal
+    tp_model, policy = model, sharding.load_for_training(f"{tmp}/hf", "cpu")[0]
+    pairs = [{"prompt_ids": prompts[i][:5], "chosen_ids": prompts[i][5:12], "rejected_ids": prompts[i][12:]}
+             for i in (0, 2)]
+    step0 = dpo.batch_logps(policy.train(), pairs, "dpo", torch.device("cpu"))[0].detach()  # (4,)
+    for name, scorer in (("ref_fsdp", policy), ("ref_tp", tp_model)):
+        refs = dpo.compute_reference_logps(scorer, [dict(p) for p in pairs], max_len=64)
+        ref = torch.tensor([r["ref_chosen"] for r in refs] + [r["ref_rejected"] for r in refs])
+        out[name] = float((step0.double() - ref).abs().max())
+    # activation checkpointing under FSDP: the same gradients
+    grads = []
+    for ac in (False, True):
+        model, _ = sharding.load_for_training(f"{tmp}/meta", "cpu")
+        model.checkpoint_blocks = ac
+        model.train()
+        loss = model(torch.tensor([prompts[0], prompts[2][:25]])).float().logsumexp(-1).mean()
+        loss.backward()
+        grads.append({n: p.grad.full_tensor() for n, p in model.named_parameters()})
+    out["ac_grad_diff"] = max(float((grads[0][n] - grads[1][n]).abs().max()) for n in grads[0])
+    with open(f"{tmp}/result{rank}.json", "w") as f:
+        json.dump(out, f)
 
 
 def test_two_ranks_load_their_shards_and_decode_tensor_parallel(tmp_path, capsys):
     m = known_model(**ODD)
     write_hf_folder(m, str(tmp_path / "hf"), torch.bfloat16, shards=2, arch="Qwen2ForCausalLM")
     write_meta_shards(m.to(torch.bfloat16).float(), str(tmp_path / "meta"))
-    mp.spawn(_load_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
+    spawn_ranks(_load_worker, 2, str(tmp_path))
     for rank in range(2):
         r = json.load(open(tmp_path / f"result{rank}.json"))
         for folder in ("hf", "meta"):
@@ -163,19 +153,15 @@ def _rss(field: str) -> int:
 
 
 def _memory_worker(rank, world, tmp, how):
-    _init(rank, world, tmp)
-    try:
-        before = _rss("VmRSS")
-        if how == "sharded":
-            model, _ = sharding.load_for_training(f"{tmp}/hf", "cpu")
-        else:  # what every rank did before sharded loading: the whole model, then its shard
-            model = sharding.shard_model(load_model(f"{tmp}/hf")[0], torch.device("cpu"))
-        peak = _rss("VmHWM") - before
-        del model
-        with open(f"{tmp}/{how}{rank}.json", "w") as f:
-            json.dump(peak, f)
-    finally:
-        dist.destroy_process_group()
+    before = _rss("VmRSS")
+    if how == "sharded":
+        model, _ = sharding.load_for_training(f"{tmp}/hf", "cpu")
+    else:  # what every rank did before sharded loading: the whole model, then its shard
+        model = sharding.shard_model(load_model(f"{tmp}/hf")[0], torch.device("cpu"))
+    peak = _rss("VmHWM") - before
+    del model
+    with open(f"{tmp}/{how}{rank}.json", "w") as f:
+        json.dump(peak, f)
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads RSS from /proc")
@@ -188,11 +174,8 @@ def test_sharded_load_peak_memory_is_half_a_model_per_rank(tmp_path, capsys):
     del m
     peaks = {}
     for how in ("sharded", "whole"):
-        mp.spawn(_memory_worker, args=(2, str(tmp_path), how), nprocs=2, join=True)
+        spawn_ranks(_memory_worker, 2, str(tmp_path), how)
         peaks[how] = [json.load(open(tmp_path / f"{how}{r}.json")) for r in range(2)]
-        for f in os.listdir(tmp_path):
-            if f.startswith("rendezvous"):
-                os.remove(tmp_path / f)
     with capsys.disabled():
         print(f"\n  peak RSS per rank above its start, {full / 1e6:.0f} MB fp32 model: sharded "
               f"{[round(p / 1e6) for p in peaks['sharded']]} MB, whole-then-shard {[round(p / 1e6) for p in peaks['whole']]} MB")
