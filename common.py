@@ -1,5 +1,5 @@
 """The helpers several files share, each written once: atomic writes, JSON and JSONL files, the rank,
-log and barrier of a torchrun job, and the shared-prefix rule.
+log and barrier of a torchrun job, ceil_div, and the shared-prefix rule.
 
 Imports: the stdlib and torch.distributed (the rank helpers), nothing from this project; every other
 file may import it.
@@ -156,6 +156,11 @@ def all_sum(t: torch.Tensor) -> torch.Tensor:
     if rank_world()[1] > 1:
         dist.all_reduce(t)
     return t
+
+
+def ceil_div(a: int, b: int) -> int:
+    """a / b rounded up: how many groups of b hold a things."""
+    return -(-a // b)
 
 
 # ----------------------------------------------------------------------------- shared prefixes

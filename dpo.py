@@ -54,8 +54,8 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_
 from torch.distributed.fsdp import FSDPModule
 
 import packing
-from common import (all_sum, atomic_write, atomic_write_text, barrier, init_distributed, log, rank_world,
-                    read_json_object, row_ranks, write_json, write_jsonl)
+from common import (all_sum, atomic_write, atomic_write_text, barrier, ceil_div, init_distributed, log,
+                    rank_world, read_json_object, row_ranks, write_json, write_jsonl)
 from sharding import full_state, load_for_training, save_final, weights_finite
 
 # ----------------------------------------------------------------------------- the losses (torch alone)
@@ -254,7 +254,8 @@ def deal(chunks: list[list[dict]], rank: int, world: int) -> list[tuple[int, boo
     for kind in (True, False):
         ks = [k for k, x in enumerate(kinds) if x == kind]
         mine = [(k, True) for k in ks[rank::world]]
-        out += mine + [(ks[0], False)] * (-(-len(ks) // world) - len(mine)) if ks else []
+        if ks:
+            out += mine + [(ks[0], False)] * (ceil_div(len(ks), world) - len(mine))
     return out
 
 
@@ -333,8 +334,7 @@ def micro_batch_loss(model, rows, cfg, device, norm, ref_model):
 def make_optimizer(model, cfg: TrainConfig):
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]  # RMSNorm gains
-    # foreach: one call over all tensors per Adam op, where torch's CPU default loops over the tensors in
-    # Python. The same numbers bit for bit (checked on the toy's SFT with dropout and weight decay).
+    # foreach: one call per Adam op over all tensors, where torch's CPU default loops over them in Python
     return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                               {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=ADAM_BETAS, foreach=True)
 
@@ -460,7 +460,7 @@ def train(model, examples: list[dict], cfg: TrainConfig, tokenizer=None, eval_ex
         log(f"resumed {state_path} at step {start}/{cfg.steps}")
     eval_rows = fill_references(model, rows, eval_rows, cfg, ref_model, start > 0, state_path)
     log(f"{cfg.mode}: {len(rows)} {'pairs' if cfg.mode == 'dpo' else 'rows'}, {cfg.steps} steps x batch "
-        f"{cfg.batch_size} ({-(-cfg.batch_size // cfg.micro_batch_size)} micro-batches of up to {cfg.micro_batch_size}"
+        f"{cfg.batch_size} ({ceil_div(cfg.batch_size, cfg.micro_batch_size)} micro-batches of up to {cfg.micro_batch_size}"
         f" over {world} rank(s)), lr {cfg.lr:g} {cfg.schedule} -> {cfg.min_lr:g}, dropout {cfg.dropout}")
     t0, last = time.time(), start
     with training_mode(model, cfg.dropout), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):

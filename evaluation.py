@@ -99,8 +99,7 @@ def respond(model, tok, cfg, prompts: list[str], n: int, temperature: float, str
     outs = generate.generate_many(model, ids, cfg.max_response_tokens, num_samples=n, stop_ids=tok.stop_ids,
                                   pad_id=tok.pad_id, progress=what, vocab_limit=tok.n_words,
                                   **sampling(cfg, temperature, stream))
-    text = lambda o: tok.decode([t for t in o if t not in tok.stop_ids]).strip()  # noqa: E731
-    return [[text(o) for o in out] for out in outs] if n > 1 else [[text(out)] for out in outs]
+    return [[generate.answer_text(tok, o).strip() for o in out] for out in outs]
 
 
 def judge_items(model, tok, cfg, items: list[tuple[str, str]], rubric, stream: str, what: str) -> list[dict]:
@@ -215,8 +214,8 @@ def mtbench_answers(model, tok, cfg, model_id: str, questions: list[dict]) -> li
             outs = generate.generate_many(model, ids, cfg.mtbench_tokens, stop_ids=tok.stop_ids, pad_id=tok.pad_id,
                                           vocab_limit=tok.n_words, progress=f"{model_id} MT-Bench turn {turn + 1} (T={temperature})",
                                           **sampling(cfg, temperature, f"mtbench turn {turn + 1} T={temperature}"))
-            for i, o in zip(idx, outs):
-                answer = tok.decode([t for t in o if t not in tok.stop_ids]).strip()
+            for i, (o,) in zip(idx, outs):
+                answer = generate.answer_text(tok, o).strip()
                 dialogs[i] += [{"role": "user", "content": questions[i]["turns"][turn]},
                                {"role": "assistant", "content": answer}]
     return [D.mtbench_answers_row(q["question_id"], model_id, [m["content"] for m in d if m["role"] == "assistant"])

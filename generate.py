@@ -32,7 +32,7 @@ import torch.distributed as dist
 
 import cpu_decode
 from checkpoint import load_model
-from common import MIN_SHARED_PREFIX, common_prefix_len, log, rank_world, row_ranks
+from common import MIN_SHARED_PREFIX, ceil_div, common_prefix_len, log, rank_world, row_ranks
 from model import KVCache
 
 # What generate_many has done so far (all ranks): the loop reads it to report each stage's generation speed.
@@ -243,7 +243,7 @@ def batch_layout(prompts: list[list[int]], max_new_tokens: int, max_seq_len: int
     own = [p[L:] for p in prompts]
     P = L + max(len(o) for o in own)
     # Round the cache length up so that a compiled decode step sees few distinct shapes.
-    S = min(-(-(P + max_new_tokens) // cache_multiple) * cache_multiple, max_seq_len)
+    S = min(ceil_div(P + max_new_tokens, cache_multiple) * cache_multiple, max_seq_len)
     if P + max_new_tokens > S:
         raise ValueError(f"prompt ({P}) + max_new_tokens ({max_new_tokens}) exceeds max_seq_len {S}")
     tokens = torch.full((B, P), pad_id, dtype=torch.long)
@@ -406,7 +406,7 @@ def generate_many(model, prompts: list[list[int]], max_new_tokens: int, batch_si
                   progress: str | None = None, num_samples: int = 1, **kw) -> list:
     """Generate for any number of prompts, batch by batch (batch_size rows, i.e. batch_size //
     num_samples prompts), grouping similar prompts together so that little padding is wasted.
-    Returns results in the input order; with num_samples > 1, a list of num_samples lists per prompt.
+    Returns, in the input order, each prompt's num_samples token lists (a list of one for one sample).
 
     Under torch.distributed (FSDP), each rank takes every world-th prompt, all ranks run the same
     number of batches (a rank with none left repeats a dummy one), and results are gathered. Each row
@@ -418,7 +418,7 @@ def generate_many(model, prompts: list[list[int]], max_new_tokens: int, batch_si
     rank, world = row_ranks(model)
     order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), prompts[i]))[rank::world]
     per_batch = max(1, batch_size // num_samples)
-    n_batches = -(-len(order) // per_batch)
+    n_batches = ceil_div(len(order), per_batch)
     if world > 1:
         n = torch.tensor(n_batches, device=model.tok_embeddings.weight.device)
         dist.all_reduce(n, op=dist.ReduceOp.MAX)
@@ -430,7 +430,7 @@ def generate_many(model, prompts: list[list[int]], max_new_tokens: int, batch_si
         batch = [prompts[i] for i in idx] or [prompts[0]]  # dummy batch keeps the ranks in lockstep
         outs = generate(model, batch, max_new_tokens, num_samples=num_samples, indices=idx or [0], **kw)
         for j, i in enumerate(idx):
-            mine[i] = outs[j] if num_samples == 1 else outs[j * num_samples:(j + 1) * num_samples]
+            mine[i] = outs[j * num_samples:(j + 1) * num_samples]
         n_tok += sum(len(o) for o in outs) if idx else 0
         if progress and rank_world()[0] == 0:
             dt = time.time() - t0
@@ -446,6 +446,11 @@ def generate_many(model, prompts: list[list[int]], max_new_tokens: int, batch_si
         for part in gathered:
             mine.update(part)
     return [mine[i] for i in range(len(prompts))]
+
+
+def answer_text(tok, ids: list[int]) -> str:
+    """A generated row's text: the stop token that ended it is not part of the answer."""
+    return tok.decode([t for t in ids if t not in tok.stop_ids])
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -496,7 +501,7 @@ def main(argv=None):
     out = generate(model, prompts, a.max_new_tokens, seed=a.seed, **kw)
     sync()
     dt = time.time() - t0
-    print(tok.decode([t for t in out[0] if t not in tok.stop_ids]))
+    print(answer_text(tok, out[0]))
     n = sum(len(o) for o in out)
     gbs = model.num_params() * model.tok_embeddings.weight.element_size() * max(len(o) for o in out) / dt / 1e9
     print(f"\n{n} tokens in {dt:.2f}s: {n / dt:.1f} tok/s (batch {a.batch}, prefill included), ~{gbs:.1f} GB/s of weights")

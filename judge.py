@@ -144,16 +144,14 @@ def judge(model, tokenizer, items: list[tuple[str, str]], *, samples: int = 3, t
     "raw": [judge texts]}; raw judgments are kept so that nothing is lost. score: "sampled" reads each
     judgment's written score (the paper), "expected" its probability-weighted score (expected_scores).
     kernels: generate's CPU Linear kernels (cpu_decode.generation_linears)."""
-    from generate import generate_many
+    from generate import answer_text, generate_many
 
     prompts = [tokenizer.encode_chat_prompt(rubric.fill(i, r)) for i, r in items]
     outs = generate_many(model, prompts, max_new_tokens, batch_size=batch_size, num_samples=samples,
                          temperature=temperature, top_p=top_p, stop_ids=tokenizer.stop_ids,
                          seed=seed, compile=compile, pad_id=tokenizer.pad_id, progress=progress,
                          vocab_limit=tokenizer.n_words, kernels=kernels)
-    if samples == 1:  # generate_many gives one token list per prompt then, not a list of samples
-        outs = [[o] for o in outs]
-    raws = [[tokenizer.decode([t for t in o if t not in tokenizer.stop_ids]) for o in out] for out in outs]
+    raws = [[answer_text(tokenizer, o) for o in out] for out in outs]
     if score == "expected":
         flat = expected_scores(model, tokenizer, [(p, r) for p, rs in zip(prompts, raws) for r in rs])
         per_item = [flat[k * samples:(k + 1) * samples] for k in range(len(items))]
@@ -244,14 +242,14 @@ def head_to_head(model, tokenizer, items: list[tuple[str, str, str]], *, templat
     each item twice, the model under test as A and then as B. An item is a win when the two verdicts
     together favour the model under test (one order may say tie), a loss when they favour the baseline,
     and a tie otherwise; an unparseable verdict counts as a tie and lowers parse_rate."""
-    from generate import generate_many
+    from generate import answer_text, generate_many
 
     template = template or load_pairwise_template()
     prompts = [tokenizer.encode_chat_prompt(fill_pairwise(template, q, a, b)) for q, a, b in items]
     prompts += [tokenizer.encode_chat_prompt(fill_pairwise(template, q, b, a)) for q, a, b in items]
     outs = generate_many(model, prompts, max_new_tokens, stop_ids=tokenizer.stop_ids, pad_id=tokenizer.pad_id,
                          **{"vocab_limit": tokenizer.n_words, **generate_kw})
-    verdicts = [parse_verdict(tokenizer.decode([t for t in o if t not in tokenizer.stop_ids])) for o in outs]
+    verdicts = [parse_verdict(answer_text(tokenizer, o)) for (o,) in outs]
     n, tally = len(items), {"win": 0, "tie": 0, "loss": 0}
     for first, second in zip(verdicts[:n], verdicts[n:]):  # first: under test = A; second: under test = B
         vote = {"A": 1, "B": -1}.get(first, 0) + {"B": 1, "A": -1}.get(second, 0)

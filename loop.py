@@ -50,7 +50,7 @@ import rundir
 import selfinstruct
 import sharding
 import toyworld
-from common import init_distributed, is_main, log, rank_world, write_json
+from common import ceil_div, init_distributed, is_main, log, rank_world, write_json
 from evaluation import respond
 from model import PRESETS, Transformer, preset
 from rundir import RunDir, RunDirError
@@ -192,7 +192,7 @@ def initial_model(cfg: Config, init, tok):
     """What a training stage starts from: a preset name (random weights, the vocabulary rounded up from the
     tokenizer's), a checkpoint directory, or a model in memory (trained in place)."""
     if isinstance(init, str) and init in PRESETS:
-        model = Transformer(preset(init, vocab_size=-(-tok.n_words // 64) * 64)).to(cfg.device)
+        model = Transformer(preset(init, vocab_size=ceil_div(tok.n_words, 64) * 64)).to(cfg.device)
         model.init_weights(seed=cfg.seed)
         if rank_world()[1] > 1:
             sharding.shard_model(model, torch.device(cfg.device))

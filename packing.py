@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import torch
 
-from common import MIN_SHARED_PREFIX, common_prefix_len, iter_jsonl
+from common import MIN_SHARED_PREFIX, ceil_div, common_prefix_len, iter_jsonl
 
 # ----------------------------------------------------------------------------- examples to rows
 
@@ -153,7 +153,7 @@ class Batch(NamedTuple):
 
 
 def padded_len(T: int, pad_to: int, max_T: int | None) -> int:
-    return max(T, min(-(-T // pad_to) * pad_to, max_T or T))
+    return max(T, min(ceil_div(T, pad_to) * pad_to, max_T or T))
 
 
 def collate(rows: list[dict], mode: str, pad_to: int = 1, max_T: int | None = None) -> Batch:

@@ -18,8 +18,8 @@ instructions imperfectly, as human data does. Truth always comes from the checks
 rewriting intended. Base prompts are split into train and held-out by a stable hash, so evaluation and
 reward-modelling prompts never enter IFT or EFT.
 
-Imports: the standard library only; world_data() and `__main__` also import data.py, to read the
-ShareGPT file (grading needs no reader). Run `python realworld.py [ShareGPT.json]` to see the data.
+Imports: the standard library and judge.py (mean_se; itself the standard library only); world_data() and
+`__main__` also import data.py, to read the ShareGPT file (grading needs no reader). Run `python realworld.py [ShareGPT.json]` to see the data.
 """
 import hashlib
 import json
@@ -28,6 +28,8 @@ import random
 import re
 from dataclasses import dataclass
 from typing import Callable
+
+from judge import mean_se
 
 TRIM_WORDS = 100  # seed responses end at the last sentence end within this many words: the model answers in ~150 tokens
 FOLLOW_P = 0.6  # each instruction of a seed IFT response is followed with this probability
@@ -325,12 +327,6 @@ def justification(row: dict, response: str) -> str:
     return "\n".join(lines)
 
 
-def _mean_se(xs: list[float]) -> tuple[float, float]:
-    n = len(xs)
-    m = sum(xs) / n
-    return m, math.sqrt(sum((x - m) ** 2 for x in xs) / (n - 1) / n) if n > 1 else 0.0
-
-
 def metrics(rows: list[dict], responses: list[str]) -> dict:
     """IFEval's strict accuracies of `responses` to `rows`, each with a standard error; "quality" is the
     mean score (0..5) and "check_rates" the pass rate of each instruction id.
@@ -345,11 +341,11 @@ def metrics(rows: list[dict], responses: list[str]) -> dict:
     m = len(graded)
     f = [sum(g["followed"]) for _, g in graded]
     n = [len(g["followed"]) for _, g in graded]
-    strict, strict_se = _mean_se([float(a == b) for a, b in zip(f, n)])
+    strict, strict_se = mean_se([float(a == b) for a, b in zip(f, n)])
     ratio = sum(f) / sum(n)
     ratio_se = (math.sqrt(sum((a - ratio * b) ** 2 for a, b in zip(f, n)) / (m * (m - 1))) / (sum(n) / m)
                 if m > 1 else 0.0)
-    score, score_se = _mean_se([float(g["score"]) for _, g in graded])
+    score, score_se = mean_se([float(g["score"]) for _, g in graded])
     per: dict[str, list[int]] = {}
     for ins, g in graded:
         for i, ok in zip(ins, g["followed"]):

@@ -44,7 +44,7 @@ def create_prompts(model, tok, cfg, ift_prompts: list[str], earlier: list[str], 
     hi = math.ceil(lengths[-1 - len(lengths) // 100] * 1.5)
     seen, rows = {p.lower() for p in ift_prompts}, []
     stats = {"generated": len(outs), "duplicate": 0, "near_copy": 0, "length": 0, "unfinished": 0, "eval_set": 0}
-    for d, out in zip(demos, outs):
+    for d, (out,) in zip(demos, outs):
         if not out or out[-1] not in newline_ids:
             stats["unfinished"] += 1
             continue

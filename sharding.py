@@ -20,7 +20,7 @@ from torch.distributed.tensor import DTensor
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
 from checkpoint import LazyWeights, build_from_state_dict, lazy_weights, load_model, load_tokenizer, save_checkpoint
-from common import barrier, log, rank_world
+from common import barrier, ceil_div, log, rank_world
 from model import PRESETS, Transformer, preset
 
 
@@ -146,7 +146,7 @@ def local_slice(p):
     if not placement.is_shard():
         return p.to_local(), 0, 0, p.shape[0]
     dim, n = placement.dim, p.shape[placement.dim]
-    size = -(-n // p.device_mesh.size())
+    size = ceil_div(n, p.device_mesh.size())
     start = min(p.device_mesh.get_local_rank() * size, n)
     return p.to_local(), dim, start, min(start + size, n)
 

@@ -9,6 +9,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import dpo  # noqa: E402
+from common import ceil_div  # noqa: E402
 import toyworld  # noqa: E402
 from model import Transformer, preset  # noqa: E402
 from tokenizer import Tokenizer  # noqa: E402
@@ -22,7 +23,7 @@ def main():
         (hi, _), (lo, _) = sorted(zip(g["responses"], g["scores"]), key=lambda x: -x[1])
         pairs.append({"prompt": g["instruction"], "chosen": hi, "rejected": lo})
 
-    model = Transformer(preset("toy", vocab_size=-(-tok.n_words // 64) * 64))
+    model = Transformer(preset("toy", vocab_size=ceil_div(tok.n_words, 64) * 64))
     model.init_weights(seed=0)
     hist = dpo.train(model, sft, dpo.TrainConfig(mode="sft", steps=300, batch_size=32, micro_batch_size=32, lr=3e-3,
                                                  min_lr=3e-4, warmup=10, dropout=0.0, log_every=50), tokenizer=tok)

@@ -104,7 +104,7 @@ def test_seeded_sampling_is_reproducible_and_generate_many_keeps_order(tiny):
     assert a == b
     assert G.generate_many(tiny, prompts, 6, batch_size=3, temperature=0.7, top_p=0.9, seed=6) != a
     greedy = G.generate_many(tiny, prompts, 6, batch_size=3, temperature=0)
-    assert greedy == [naive_greedy(tiny, p, 6) for p in prompts]
+    assert greedy == [[naive_greedy(tiny, p, 6)] for p in prompts]  # one sample: still a list per prompt
 
 
 def test_uniforms_are_splitmix64_and_row_keys_name_distinct_streams():
@@ -210,7 +210,7 @@ def test_smollm2_answers_paris():
     m, tok = C.load_model(path)
     prompt = tok.encode_chat_prompt("What is the capital of France?")
     out = G.generate(m.eval(), [prompt], 24, temperature=0, stop_ids=tok.stop_ids)[0]
-    text = tok.decode([t for t in out if t not in tok.stop_ids])
+    text = G.answer_text(tok, out)
     assert "Paris" in text, text
     assert out[-1] in tok.stop_ids  # it ends its turn by itself
 
@@ -325,13 +325,13 @@ def test_a_prompt_past_max_seq_len_is_left_truncated_and_counted(tiny, capsys):
     short = [rng.randrange(1, 512) for _ in range(5)]
     kept = long[-(limit - n_new):]
     out = G.generate_many(tiny, [long, short, long[5:]], n_new, batch_size=2, temperature=0)
-    assert out[0] == out[2] == naive_greedy(tiny, kept, n_new)
-    assert out[1] == naive_greedy(tiny, short, n_new)
+    assert out[0] == out[2] == [naive_greedy(tiny, kept, n_new)]
+    assert out[1] == [naive_greedy(tiny, short, n_new)]
     logged = [line for line in capsys.readouterr().out.splitlines() if "truncated" in line]
     assert len(logged) == 1 and "2 prompt" in logged[0], logged
     kw = dict(temperature=1.0, top_p=0.9, seed=3)
     alone = G.generate(tiny, [kept], n_new, indices=[1], **kw)[0]
-    assert G.generate_many(tiny, [short, long], n_new, **kw)[1] == alone
+    assert G.generate_many(tiny, [short, long], n_new, **kw)[1] == [alone]
     assert G.generate(tiny, [long], n_new, temperature=0) == [naive_greedy(tiny, kept, n_new)]
 
 

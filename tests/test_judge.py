@@ -192,7 +192,7 @@ def test_head_to_head_counts_both_orders(monkeypatch):
     # item 0: A then B -> under test wins both orders; item 1: A then A -> position bias, a tie;
     # item 2: B then A -> loss; item 3: tie then B -> win; item 4: unparseable twice -> tie
     first, second = ["A", "A", "B", "tie", "?"], ["B", "A", "A", "B", "?"]
-    outs = [[ord(c) for c in f"Verdict: {v}"] for v in first + second]
+    outs = [[[ord(c) for c in f"Verdict: {v}"]] for v in first + second]
     seen = []
     monkeypatch.setattr(generate, "generate_many",
                         lambda model, prompts, n, **kw: seen.append((prompts, kw)) or outs)

@@ -42,7 +42,7 @@ def run(monkeypatch, ift, earlier, texts):
 
     def fake(model, prompts, n, **kw):
         seen.update(prompts=[tok.decode(p) for p in prompts], kw=kw)
-        return [tok.encode(t) for t in texts]
+        return [[tok.encode(t)] for t in texts]
     monkeypatch.setattr(generate, "generate_many", fake)
     rows, stats = S.create_prompts(None, tok, cfg(len(texts)), ift, earlier, "test")
     demos = [[line.removeprefix("Task: ") for line in p.split("\n") if line.startswith("Task: ")]
