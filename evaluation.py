@@ -50,6 +50,25 @@ def stream_seed(cfg, stream: str) -> str:
     return f"{cfg.seed}/{stream}"
 
 
+# Every stream's name, written here once: the name is the seed, so renaming one changes its draws (and the
+# run's artifacts). Every model's evaluation draws from the same streams; each round has its own.
+EVAL_STREAMS = {"responses": "eval responses", "greedy": 0, "diversity": "eval diversity",
+                "rm": "eval rm judgments", "self": "eval self-judgments", "h2h": "eval head-to-head"}
+ROUND_STREAMS = ("prompts", "candidates", "judgments", "eft", "eft judgments")
+
+
+def round_stream(t: int, what: str) -> str:
+    """Round t's stream for `what`, one of ROUND_STREAMS (its self-instruction, candidates, judgments, the
+    pick of seed EFT examples for --eft-pairs and their judgments)."""
+    if what not in ROUND_STREAMS:
+        raise ValueError(f"no round stream {what!r}; one of {ROUND_STREAMS}")
+    return f"iter{t} {what}"
+
+
+def mtbench_stream(turn: int, temperature: float) -> str:
+    return f"mtbench turn {turn + 1} T={temperature}"
+
+
 def distinct_n(texts: list[str], n: int) -> float:
     """Distinct-n (Li et al. 2016): distinct word n-grams over all n-grams of the texts (lower-cased)."""
     grams = [tuple(w[i:i + n]) for w in (t.lower().split() for t in texts) for i in range(len(w) - n + 1)]
@@ -122,18 +141,18 @@ def evaluate_model(model, tok, cfg, name: str, data: dict, world, rubric, m1_res
     truth, or None. fixed_judge: () -> (model, tokenizer) of the head-to-head judge, used only without a world."""
     log(f"== evaluating {name}")
     prompts = [r["prompt"] for r in data["eval"]]
-    sampled = [r[0] for r in respond(model, tok, cfg, prompts, 1, cfg.temperature, "eval responses", f"{name} eval (T={cfg.temperature})")]
+    sampled = [r[0] for r in respond(model, tok, cfg, prompts, 1, cfg.temperature, EVAL_STREAMS["responses"], f"{name} eval (T={cfg.temperature})")]
     res = {"model": name, "n_eval": len(prompts)}
     if world is not None:
         res.update(world.metrics(data["eval"], sampled))
         if cfg.eval_greedy:
-            greedy = [r[0] for r in respond(model, tok, cfg, prompts, 1, 0.0, 0, f"{name} eval (greedy)")]
+            greedy = [r[0] for r in respond(model, tok, cfg, prompts, 1, 0.0, EVAL_STREAMS["greedy"], f"{name} eval (greedy)")]
             res["quality_greedy"] = world.metrics(data["eval"], greedy)["quality"]
     res.update(mean_response_words=sum(len(r.split()) for r in sampled) / len(sampled),
                mean_response_tokens=sum(len(tok.encode(r)) for r in sampled) / len(sampled), responses=sampled)
     if cfg.n_diversity:  # N candidates for some held-out prompts, as AIFT samples them, for their similarity
         sets = respond(model, tok, cfg, prompts[:cfg.n_diversity], cfg.n_candidates, cfg.temperature,
-                       "eval diversity", f"{name} candidates for diversity")
+                       EVAL_STREAMS["diversity"], f"{name} candidates for diversity")
         res["diversity"] = diversity(sampled, sets)
         res["entropy"] = sampling_entropy(model, tok, prompts, sampled, cfg.temperature)
     if world is not None:
@@ -163,7 +182,7 @@ def pair_truth(pairs: list[dict], world) -> dict | None:
 def judge_metrics(model, tok, cfg, name: str, rm: list[dict], rubric) -> dict:
     """Table 4: the judge scores the reward-modelling set; its rankings are compared with the reference."""
     items = [(g["instruction"], r) for g in rm for r in g["responses"]]
-    judged = judge_items(model, tok, cfg, items, rubric, "eval rm judgments", f"{name} judge RM set")
+    judged = judge_items(model, tok, cfg, items, rubric, EVAL_STREAMS["rm"], f"{name} judge RM set")
 
     def metrics(scores):
         groups, k = [], 0
@@ -182,7 +201,8 @@ def judge_metrics(model, tok, cfg, name: str, rm: list[dict], rubric) -> dict:
 def no_truth_metrics(model, tok, cfg, name, prompts, sampled, rubric, m1_responses, fixed_judge) -> dict:
     """What can be measured without a ground truth: the model's own judge scores of its answers, and a
     head-to-head against M1's answers by a fixed judge (both orders)."""
-    own = judge_items(model, tok, cfg, list(zip(prompts, sampled)), rubric, "eval self-judgments", f"{name} judges itself")
+    own = judge_items(model, tok, cfg, list(zip(prompts, sampled)), rubric, EVAL_STREAMS["self"],
+                      f"{name} judges itself")
     scores = [j["score"] for j in own if j["score"] is not None]
     out = {"self_judged": {"score": sum(scores) / len(scores) if scores else None, "parse_rate": J.parse_rate(own)}}
     if m1_responses is not None and fixed_judge is not None:
@@ -190,7 +210,7 @@ def no_truth_metrics(model, tok, cfg, name, prompts, sampled, rubric, m1_respons
         items = [(p, a, b) for p, a, b in zip(prompts, sampled, m1_responses)]
         out["h2h_vs_M1"] = J.head_to_head(judge_model, judge_tok, items, max_new_tokens=cfg.max_judge_tokens,
                                           progress=f"{name} vs M1, fixed judge",
-                                          **sampling(cfg, cfg.temperature, "eval head-to-head"))
+                                          **sampling(cfg, cfg.temperature, EVAL_STREAMS["h2h"]))
     return out
 
 
@@ -213,7 +233,7 @@ def mtbench_answers(model, tok, cfg, model_id: str, questions: list[dict]) -> li
             ids = [tok.encode_dialog(dialogs[i] + [{"role": "user", "content": questions[i]["turns"][turn]}]) for i in idx]
             outs = generate.generate_many(model, ids, cfg.mtbench_tokens, stop_ids=tok.stop_ids, pad_id=tok.pad_id,
                                           vocab_limit=tok.n_words, progress=f"{model_id} MT-Bench turn {turn + 1} (T={temperature})",
-                                          **sampling(cfg, temperature, f"mtbench turn {turn + 1} T={temperature}"))
+                                          **sampling(cfg, temperature, mtbench_stream(turn, temperature)))
             for i, (o,) in zip(idx, outs):
                 answer = generate.answer_text(tok, o).strip()
                 dialogs[i] += [{"role": "user", "content": questions[i]["turns"][turn]},

@@ -248,7 +248,6 @@ def aift_iteration(model, tok, cfg: Config, t: int, data: dict, earlier_prompts:
     forward = forward or (lambda: model)
     d = os.path.join(cfg.run_dir, f"iter{t}")
     os.makedirs(d, exist_ok=True)
-    stream = f"iter{t}"  # names the random streams of the iteration's stages
     mt = f"M{t}"
     max_len = model.args.max_seq_len  # one truncation rule for the reference log-probs and DPO
     log(f"== AIFT({mt}) -> M{t + 1}")
@@ -256,7 +255,7 @@ def aift_iteration(model, tok, cfg: Config, t: int, data: dict, earlier_prompts:
     def make_prompts():
         exclude = {r["prompt"].lower() for r in data["eval"]} | {g["instruction"].lower() for g in data["rm"]}
         rows, stats = selfinstruct.create_prompts(prompt_model if cfg.prompt_model == "base" else forward(), tok, cfg,
-                                     [r["prompt"] for r in data["ift"]], earlier_prompts, f"{stream} prompts", exclude)
+                                     [r["prompt"] for r in data["ift"]], earlier_prompts, E.round_stream(t, "prompts"), exclude)
         if is_main():
             write_json(os.path.join(d, "prompt_stats.json"), stats)
         log(f"self-instruct: {stats}")
@@ -265,24 +264,24 @@ def aift_iteration(model, tok, cfg: Config, t: int, data: dict, earlier_prompts:
 
     def make_candidates():
         outs = respond(forward(), tok, cfg, [p["prompt"] for p in prompts], cfg.n_candidates, cfg.temperature,
-                       f"{stream} candidates", f"{mt} candidates")
+                       E.round_stream(t, "candidates"), f"{mt} candidates")
         return [{"prompt": p["prompt"], "responses": o} for p, o in zip(prompts, outs)]
     candidates = RUN.stage(os.path.join(d, "candidates.jsonl"), make_candidates,
                            check=lambda rows: rundir.check_candidates(rows, prompts, cfg.n_candidates))
 
     def make_judgments():
         if cfg.pairs_from == "random":
-            return J.random_judgments(candidates, E.stream_seed(cfg, f"{stream} judgments"))
+            return J.random_judgments(candidates, E.stream_seed(cfg, E.round_stream(t, "judgments")))
         if cfg.pairs_from == "oracle":
             return J.oracle_judgments(candidates, load_world(cfg).score_text)
         items = [(c["prompt"], r) for c in candidates for r in c["responses"]]
-        judged = E.judge_items(forward(), tok, cfg, items, rubric, f"{stream} judgments", f"{mt} judges")
+        judged = E.judge_items(forward(), tok, cfg, items, rubric, E.round_stream(t, "judgments"), f"{mt} judges")
         index = [(i, k) for i, c in enumerate(candidates) for k in range(len(c["responses"]))]
         return [{"prompt_index": i, "candidate": k, **j} for (i, k), j in zip(index, judged)]
     judgments = RUN.stage(os.path.join(d, "judgments.jsonl"), make_judgments,
                           check=lambda rows: rundir.check_judgments(rows, candidates))
 
-    judge_pairs, judge_stats = eft_judge_pairs(cfg, tok, data, rubric, forward, d, stream, mt)
+    judge_pairs, judge_stats = eft_judge_pairs(cfg, tok, data, rubric, forward, d, t)
 
     def make_pairs():
         pairs, stats = J.build_pairs(candidates, judgments)
@@ -315,7 +314,7 @@ def aift_iteration(model, tok, cfg: Config, t: int, data: dict, earlier_prompts:
     return new_model, [p["prompt"] for p in prompts], pair_stats, pairs
 
 
-def eft_judge_pairs(cfg: Config, tok, data: dict, rubric, forward, d: str, stream: str, mt: str):
+def eft_judge_pairs(cfg: Config, tok, data: dict, rubric, forward, d: str, t: int):
     """--eft-pairs: M_t judges a fresh sample of cfg.eft_pairs seed EFT examples each round (one judgment
     each, the candidates' sampling; kept in iter_t/eft_judgments.jsonl), and judge.eft_judge_pairs turns
     its misses into judge pairs. -> (pairs, stats); ([], None) when off."""
@@ -324,11 +323,12 @@ def eft_judge_pairs(cfg: Config, tok, data: dict, rubric, forward, d: str, strea
     n = min(cfg.eft_pairs, len(data["eft"]))
 
     def make():
-        rng = random.Random(E.stream_seed(cfg, f"{stream} eft"))
+        rng = random.Random(E.stream_seed(cfg, E.round_stream(t, "eft")))
         picked = rng.sample(range(len(data["eft"])), n)
         items = [(data["eft"][i]["instruction"], data["eft"][i]["response"]) for i in picked]
         judged = J.judge(forward(), tok, items, samples=1, max_new_tokens=cfg.max_judge_tokens, rubric=rubric,
-                         progress=f"{mt} judges seed EFT", **E.sampling(cfg, cfg.temperature, f"{stream} eft judgments"))
+                         progress=f"M{t} judges seed EFT",
+                         **E.sampling(cfg, cfg.temperature, E.round_stream(t, "eft judgments")))
         return [{"eft_index": i, **j} for i, j in zip(picked, judged)]
     rows = RUN.stage(os.path.join(d, "eft_judgments.jsonl"), make,
                      check=lambda rows: rundir.check_eft_judgments(rows, n, len(data["eft"])))

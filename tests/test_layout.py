@@ -70,3 +70,42 @@ def test_every_product_file_says_what_it_imports(path):
     assert "Imports" in doc, f"{path}: the docstring does not say what the file imports"
     missing = [m for m in project if m not in doc and f"{m}.py" not in doc]
     assert not missing, f"{path}: imports {missing} without saying so in its docstring"
+
+
+# the stream argument's place in each function that takes one: (position, keyword)
+_STREAM_ARG = {"sampling": 2, "stream_seed": 1, "respond": 6, "judge_items": 5, "create_prompts": 5}
+
+
+def _stream_args(sources):
+    """(file, line, the stream argument's node) of every call, in sources ((name, text) pairs), of a
+    function that takes a random stream's name."""
+    for path, text in sources:
+        for node in ast.walk(ast.parse(text)):
+            if not isinstance(node, ast.Call):
+                continue
+            name = getattr(node.func, "attr", getattr(node.func, "id", None))
+            if name not in _STREAM_ARG:
+                continue
+            kw = [k.value for k in node.keywords if k.arg == "stream"]
+            pos = node.args[_STREAM_ARG[name]] if len(node.args) > _STREAM_ARG[name] else None
+            yield os.path.basename(path), node.lineno, kw[0] if kw else pos
+
+
+def test_random_streams_are_named_in_one_place():
+    """A stream's name is its seed, so every call takes it from evaluation.py's names (EVAL_STREAMS,
+    round_stream, mtbench_stream), never from a literal written at the call: a typo there would draw other
+    numbers, or share another stage's, and no fingerprint would notice."""
+    import evaluation as E
+
+    def literal(sources):
+        return [(f, line) for f, line, arg in _stream_args(sources) if isinstance(arg, (ast.Constant, ast.JoinedStr))]
+
+    product = [(p, open(p, encoding="utf-8").read()) for p in PRODUCT]
+    assert len(list(_stream_args(product))) >= 10  # the finder sees the calls (sampling's in 3 files)
+    assert not literal(product), literal(product)
+    bad = 'E.sampling(cfg, 0.7, "eval responses")\nrespond(m, t, c, p, 1, 0.7, stream=f"iter{t} x", what="")'
+    assert literal([("bad.py", bad)]) == [("bad.py", 1), ("bad.py", 2)]  # and it would see a literal
+    # Pinned: these names are the seeds of every run dir's draws; renaming one changes its artifacts.
+    assert E.round_stream(2, "candidates") == "iter2 candidates" and E.EVAL_STREAMS["responses"] == "eval responses"
+    with pytest.raises(ValueError, match="no round stream"):
+        E.round_stream(1, "candidate")
