@@ -36,7 +36,7 @@ import os
 import random
 import re
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.distributed as dist
@@ -162,9 +162,6 @@ NONE_DEFAULTS = dict(run_dir="runs/data-seed0", dropout=0.0, eval_greedy=False, 
                      dpo_lr=1e-6, dpo_min_lr=1e-7, dpo_epochs=1.0)
 
 
-RUN: RunDir | None = None  # set by run()
-
-
 def train_config(cfg: Config, mode: str, batch: int, **kw) -> dpo.TrainConfig:
     """A training stage's settings, with the run's memory knobs, which change no result."""
     return dpo.TrainConfig(mode=mode, batch_size=batch, micro_batch_size=min(cfg.micro_batch, batch),
@@ -173,7 +170,7 @@ def train_config(cfg: Config, mode: str, batch: int, **kw) -> dpo.TrainConfig:
 
 # ----------------------------------------------------------------------------- training stages
 
-def train_stage(cfg: Config, name: str, init, examples, train_cfg: dpo.TrainConfig, tok):
+def train_stage(cfg: Config, rd: RunDir, name: str, init, examples, train_cfg: dpo.TrainConfig, tok):
     """Train `init` (a model, which is trained in place, a checkpoint directory, or a preset name) into
     run_dir/name, or load it if that is done. The trainer checkpoints as it goes, so a killed stage
     resumes mid-way. Returns the saved weights (identical whether resumed or not) in eval mode."""
@@ -182,10 +179,10 @@ def train_stage(cfg: Config, name: str, init, examples, train_cfg: dpo.TrainConf
     def make():
         model = initial_model(cfg, init, tok)
         log(f"== {name}: {train_cfg.mode}, {len(examples)} examples, {train_cfg.steps} steps")
-        train_cfg.out, train_cfg.save_every, train_cfg.resume = out, max(train_cfg.steps // 4, 1), True
-        dpo.train(model, examples, train_cfg, tokenizer=tok)
+        here = replace(train_cfg, out=out, save_every=max(train_cfg.steps // 4, 1), resume=True)  # not the caller's
+        dpo.train(model, examples, here, tokenizer=tok)
         return load_stage_model(cfg, out)
-    return RUN.resume(out, os.path.exists(os.path.join(out, "params.json")), lambda: load_stage_model(cfg, out), make)
+    return rd.resume(out, os.path.exists(os.path.join(out, "params.json")), lambda: load_stage_model(cfg, out), make)
 
 
 def initial_model(cfg: Config, init, tok):
@@ -241,8 +238,8 @@ def pretraining_text(cfg: Config) -> list[dict]:
 DPO_FIELDS = ("prompt", "chosen", "rejected", "prompt_ids", "chosen_ids", "rejected_ids", "ref_chosen", "ref_rejected")
 
 
-def aift_iteration(model, tok, cfg: Config, t: int, data: dict, earlier_prompts: list[str], prompt_model, rubric,
-                   forward=None):
+def aift_iteration(model, tok, cfg: Config, rd: RunDir, t: int, data: dict, earlier_prompts: list[str], prompt_model,
+                   rubric, forward=None):
     """AIFT(M_t): self-instruction -> candidates -> judgments -> pairs -> DPO => M_{t+1}. forward() gives
     M_t for the stages that only run forwards (forward_model), by default `model` itself."""
     forward = forward or (lambda: model)
@@ -260,14 +257,14 @@ def aift_iteration(model, tok, cfg: Config, t: int, data: dict, earlier_prompts:
             write_json(os.path.join(d, "prompt_stats.json"), stats)
         log(f"self-instruct: {stats}")
         return rows
-    prompts = RUN.stage(os.path.join(d, "prompts.jsonl"), make_prompts, check=rundir.check_prompts)
+    prompts = rd.stage(os.path.join(d, "prompts.jsonl"), make_prompts, check=rundir.check_prompts)
 
     def make_candidates():
         outs = respond(forward(), tok, cfg, [p["prompt"] for p in prompts], cfg.n_candidates, cfg.temperature,
                        E.round_stream(t, "candidates"), f"{mt} candidates")
         return [{"prompt": p["prompt"], "responses": o} for p, o in zip(prompts, outs)]
-    candidates = RUN.stage(os.path.join(d, "candidates.jsonl"), make_candidates,
-                           check=lambda rows: rundir.check_candidates(rows, prompts, cfg.n_candidates))
+    candidates = rd.stage(os.path.join(d, "candidates.jsonl"), make_candidates,
+                          check=lambda rows: rundir.check_candidates(rows, prompts, cfg.n_candidates))
 
     def make_judgments():
         if cfg.pairs_from == "random":
@@ -278,10 +275,10 @@ def aift_iteration(model, tok, cfg: Config, t: int, data: dict, earlier_prompts:
         judged = E.judge_items(forward(), tok, cfg, items, rubric, E.round_stream(t, "judgments"), f"{mt} judges")
         index = [(i, k) for i, c in enumerate(candidates) for k in range(len(c["responses"]))]
         return [{"prompt_index": i, "candidate": k, **j} for (i, k), j in zip(index, judged)]
-    judgments = RUN.stage(os.path.join(d, "judgments.jsonl"), make_judgments,
-                          check=lambda rows: rundir.check_judgments(rows, candidates))
+    judgments = rd.stage(os.path.join(d, "judgments.jsonl"), make_judgments,
+                         check=lambda rows: rundir.check_judgments(rows, candidates))
 
-    judge_pairs, judge_stats = eft_judge_pairs(cfg, tok, data, rubric, forward, d, t)
+    judge_pairs, judge_stats = eft_judge_pairs(cfg, rd, tok, data, rubric, forward, d, t)
 
     def make_pairs():
         pairs, stats = J.build_pairs(candidates, judgments)
@@ -296,25 +293,25 @@ def aift_iteration(model, tok, cfg: Config, t: int, data: dict, earlier_prompts:
         # Scored by the training model itself, not forward()'s tensor-parallel copy: that copy adds its
         # sums in another order (and runs bf16 on CUDA), so policy - reference would not be 0 at step 0.
         return dpo.compute_reference_logps(model, pairs, tokenizer=tok, max_len=max_len)
-    pairs = RUN.stage(os.path.join(d, "pairs.jsonl"), make_pairs, check=lambda rows: rundir.check_pairs(rows, DPO_FIELDS))
+    pairs = rd.stage(os.path.join(d, "pairs.jsonl"), make_pairs, check=lambda rows: rundir.check_pairs(rows, DPO_FIELDS))
     pair_stats = rundir.read_json(os.path.join(d, "pair_stats.json"))
 
     examples = [{k: p[k] for k in DPO_FIELDS} for p in pairs]
     if not examples:  # nothing to learn from: say so loudly and carry M_t over unchanged
         log(f"WARNING: AIFT({mt}) built no preference pairs; M{t + 1} = {mt}")
         out = os.path.join(cfg.run_dir, f"M{t + 1}")
-        RUN.resume(out, os.path.exists(os.path.join(out, "params.json")), lambda: None,
-                   lambda: sharding.save_final(model, out, tok))  # under FSDP: gathered to rank 0, which writes
+        rd.resume(out, os.path.exists(os.path.join(out, "params.json")), lambda: None,
+                  lambda: sharding.save_final(model, out, tok))  # under FSDP: gathered to rank 0, which writes
         return model, [p["prompt"] for p in prompts], pair_stats, pairs
     steps = max(1, round(cfg.dpo_epochs * len(examples) / cfg.dpo_batch))
     train_cfg = train_config(cfg, "dpo", cfg.dpo_batch, steps=steps, lr=cfg.dpo_lr, min_lr=cfg.dpo_min_lr, beta=cfg.beta,
                              rpo_alpha=cfg.rpo_alpha, dropout=cfg.dropout, seed=cfg.seed * 1000 + t * 100 + 4,
                              log_every=max(steps // 5, 1), max_len=max_len)
-    new_model = train_stage(cfg, f"M{t + 1}", model, examples, train_cfg, tok)
+    new_model = train_stage(cfg, rd, f"M{t + 1}", model, examples, train_cfg, tok)
     return new_model, [p["prompt"] for p in prompts], pair_stats, pairs
 
 
-def eft_judge_pairs(cfg: Config, tok, data: dict, rubric, forward, d: str, t: int):
+def eft_judge_pairs(cfg: Config, rd: RunDir, tok, data: dict, rubric, forward, d: str, t: int):
     """--eft-pairs: M_t judges a fresh sample of cfg.eft_pairs seed EFT examples each round (one judgment
     each, the candidates' sampling; kept in iter_t/eft_judgments.jsonl), and judge.eft_judge_pairs turns
     its misses into judge pairs. -> (pairs, stats); ([], None) when off."""
@@ -330,8 +327,8 @@ def eft_judge_pairs(cfg: Config, tok, data: dict, rubric, forward, d: str, t: in
                          progress=f"M{t} judges seed EFT",
                          **E.sampling(cfg, cfg.temperature, E.round_stream(t, "eft judgments")))
         return [{"eft_index": i, **j} for i, j in zip(picked, judged)]
-    rows = RUN.stage(os.path.join(d, "eft_judgments.jsonl"), make,
-                     check=lambda rows: rundir.check_eft_judgments(rows, n, len(data["eft"])))
+    rows = rd.stage(os.path.join(d, "eft_judgments.jsonl"), make,
+                    check=lambda rows: rundir.check_eft_judgments(rows, n, len(data["eft"])))
     pairs, stats = J.eft_judge_pairs([data["eft"][r["eft_index"]] for r in rows], rows, rubric)
     log(f"judge pairs from seed EFT: {stats}")
     return pairs, stats
@@ -363,17 +360,16 @@ def base_model(cfg: Config, world):
     return m0.eval(), tok, init
 
 
-def seed_data(cfg: Config, world) -> dict:
+def seed_data(cfg: Config, rd: RunDir, world) -> dict:
     """Seed data (Section 3.1: IFT and EFT) and the held-out sets (eval prompts, the reward-modelling set),
     in data.py's contract: the world's own, or a user's folder (--data). Copied into run_dir/data once and
     reused from there, so a resumed run trains on the same data (RunDir.data_stage)."""
-    return RUN.data_stage(lambda: D.load_data_dir(cfg.data) if cfg.data else world.world_data(cfg))
+    return rd.data_stage(lambda: D.load_data_dir(cfg.data) if cfg.data else world.world_data(cfg))
 
 
 # ----------------------------------------------------------------------------- the loop
 
 def run(cfg: Config) -> dict:
-    global RUN
     validate(cfg)
     cfg.device = init_distributed(cfg.device)
     if is_main():  # before anything is written; rank 0 holds it for every rank, as they share the dir
@@ -384,16 +380,16 @@ def run(cfg: Config) -> dict:
     os.makedirs(os.path.join(cfg.run_dir, "eval"), exist_ok=True)
     if is_main():
         write_json(os.path.join(cfg.run_dir, "config.json"), asdict(cfg))
-    RUN = RunDir(cfg)
-    RUN.clean_temporaries()
+    rd = RunDir(cfg)
+    rd.clean_temporaries()
     if cfg.redo_from:
-        RUN.redo_from(cfg.redo_from)
+        rd.redo_from(cfg.redo_from)
     world = load_world(cfg)
     rubric = J.load_rubric(cfg.judge_prompt or (world.RUBRIC if world is not None else "fig2"))
     log(f"world: {world.TITLE if world is not None else 'none (no ground truth)'}; judge rubric: {rubric.name}")
     m0, tok, init = base_model(cfg, world)
 
-    data = seed_data(cfg, world)
+    data = seed_data(cfg, rd, world)
     context = m0.args.max_seq_len if m0 is not None else preset(cfg.preset).max_seq_len
     rundir.check_prompt_lengths(cfg, data, tok, rubric, context)  # before any training
     seed_metrics = None
@@ -408,7 +404,7 @@ def run(cfg: Config) -> dict:
                                max_len=cfg.pretrain_seq_len, seed=cfg.seed,
                                doc_mask=False,  # documents end in EOS; plain causal attention is faster
                                log_every=max(cfg.pretrain_steps // 8, 1))
-        m0 = train_stage(cfg, "M0", cfg.preset, pretraining_text(cfg), pre_cfg, tok)
+        m0 = train_stage(cfg, rd, "M0", cfg.preset, pretraining_text(cfg), pre_cfg, tok)
 
     # M1 = SFT on IFT + EFT (EFT: the judge prompt -> a justification ending in "Score: k").
     eft = [J.eft_example(e["instruction"], e["response"], e["judgment"], rubric) for e in data["eft"]]
@@ -417,10 +413,10 @@ def run(cfg: Config) -> dict:
     sft_cfg = train_config(cfg, "sft", cfg.sft_batch, steps=cfg.sft_steps, lr=cfg.sft_lr,
                            min_lr=cfg.sft_min_lr, warmup=cfg.sft_steps // 20, seed=cfg.seed + 1, dropout=cfg.dropout,
                            log_every=max(cfg.sft_steps // 10, 1), max_len=m0.args.max_seq_len)
-    model = train_stage(cfg, "M1", init or os.path.join(cfg.run_dir, "M0"), sft_examples, sft_cfg, tok)
+    model = train_stage(cfg, rd, "M1", init or os.path.join(cfg.run_dir, "M0"), sft_examples, sft_cfg, tok)
 
     def evaluate_stage(name, forward, m1_responses=None, prev_responses=None):
-        return RUN.stage(os.path.join(cfg.run_dir, "eval", f"{name}.json"), lambda: E.evaluate_model(
+        return rd.stage(os.path.join(cfg.run_dir, "eval", f"{name}.json"), lambda: E.evaluate_model(
             forward(), tok, cfg, name, data, world, rubric, m1_responses, prev_responses, lambda: load_judge(cfg, tok)),
             "json", check=lambda r: rundir.check_eval(r, name, len(data["eval"])))
 
@@ -428,10 +424,10 @@ def run(cfg: Config) -> dict:
     forward = forward_model(cfg, os.path.join(cfg.run_dir, "M1"), model)
     results = [evaluate_stage("M1", forward)]
     m1_responses = results[0]["responses"]
-    mtbench(cfg, forward, tok, "M1")
+    mtbench(cfg, rd, forward, tok, "M1")
     earlier, iteration_stats = [], []
     for t in range(1, cfg.iterations + 1):
-        model, new_prompts, pair_stats, pairs = aift_iteration(model, tok, cfg, t, data, earlier, m0, rubric, forward)
+        model, new_prompts, pair_stats, pairs = aift_iteration(model, tok, cfg, rd, t, data, earlier, m0, rubric, forward)
         forward = forward_model(cfg, os.path.join(cfg.run_dir, f"M{t + 1}"), model)
         earlier += new_prompts
         truth = E.pair_truth(pairs, world)
@@ -441,8 +437,8 @@ def run(cfg: Config) -> dict:
         iteration_stats.append(pair_stats)
         results.append(evaluate_stage(f"M{t + 1}", forward, m1_responses, results[-1]["responses"]))
     if cfg.iterations:
-        mtbench(cfg, forward, tok, f"M{cfg.iterations + 1}")
-    return E.report(cfg, world, baseline + results, iteration_stats, seed_metrics, RUN.stage_seconds(), RUN.timings)
+        mtbench(cfg, rd, forward, tok, f"M{cfg.iterations + 1}")
+    return E.report(cfg, world, baseline + results, iteration_stats, seed_metrics, rd.stage_seconds(), rd.timings)
 
 
 def load_judge(cfg: Config, tok):
@@ -451,14 +447,14 @@ def load_judge(cfg: Config, tok):
     return model.eval(), judge_tok or tok
 
 
-def mtbench(cfg: Config, forward, tok, name: str):
+def mtbench(cfg: Config, rd: RunDir, forward, tok, name: str):
     """MT-Bench's 80 questions, both turns, answered by `name` and saved in FastChat's format
     (run_dir/mtbench/name.jsonl), for judging elsewhere with a strong judge."""
     if not cfg.mtbench:
         return
     os.makedirs(os.path.join(cfg.run_dir, "mtbench"), exist_ok=True)
     model_id = f"{os.path.basename(os.path.normpath(cfg.run_dir))}-{name}"
-    RUN.stage(os.path.join(cfg.run_dir, "mtbench", f"{name}.jsonl"),
+    rd.stage(os.path.join(cfg.run_dir, "mtbench", f"{name}.jsonl"),
           lambda: E.mtbench_answers(forward(), tok, cfg, model_id, D.read_mtbench()))
 
 

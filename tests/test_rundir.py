@@ -339,8 +339,7 @@ def test_data_are_fingerprinted_by_their_content(tmp_path, monkeypatch):
     (tmp_path / "r").mkdir()
 
     def seed():
-        monkeypatch.setattr(loop, "RUN", rundir.RunDir(cfg))
-        return loop.seed_data(cfg, None)
+        return loop.seed_data(cfg, rundir.RunDir(cfg), None)
     first = seed()
     eval_file = src / "eval.jsonl"
     eval_file.write_bytes(eval_file.read_bytes())  # the same bytes written again: nothing changed
@@ -361,8 +360,7 @@ def test_a_data_stage_killed_before_its_last_file_is_made_again(tmp_path, monkey
     cfg = loop.Config(world="toy", run_dir=str(tmp_path), n_ift=8, n_eft=8, n_eval=4, n_rm=2)
 
     def seed():
-        monkeypatch.setattr(loop, "RUN", rundir.RunDir(cfg))
-        return loop.seed_data(cfg, toyworld)
+        return loop.seed_data(cfg, rundir.RunDir(cfg), toyworld)
     first = seed()
     data_dir = tmp_path / "data"
     rm = (data_dir / "rm.jsonl").read_bytes()
